@@ -1,0 +1,26 @@
+"""minidl: a small deep-learning framework written to be read -- and to run AlexNet."""
+import os as _os
+
+
+def _numba_cache_dir():
+    """Numba caches compiled kernels beside the source; if the installed package is
+    read-only (a system site-packages, a container image), cache in the user's cache dir."""
+    if "NUMBA_CACHE_DIR" in _os.environ:
+        return
+    package_dir = _os.path.dirname(_os.path.abspath(__file__))
+    if not _os.access(package_dir, _os.W_OK):
+        base = _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache")
+        _os.environ["NUMBA_CACHE_DIR"] = _os.path.join(base, "minidl", "numba")
+
+
+_numba_cache_dir()
+
+from . import backend, cuda, ops, layers  # noqa: E402
+from .autograd import Function, is_grad_enabled, no_grad  # noqa: E402
+from .gradcheck import GradcheckError, gradcheck  # noqa: E402
+from .random import manual_seed  # noqa: E402
+from .tensor import Tensor, tensor  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck",
+           "GradcheckError", "manual_seed", "ops", "layers", "cuda", "backend"]

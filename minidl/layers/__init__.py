@@ -1,0 +1,11 @@
+"""Layers: modules holding parameters and calling the ops in ``minidl.ops``."""
+from .activation import ReLU, Sigmoid
+from .conv import Conv2d
+from .dropout import Dropout
+from .linear import Flatten, Linear
+from .module import Module, Parameter, Sequential
+from .normalization import LocalResponseNorm
+from .pool import MaxPool2d
+
+__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "LocalResponseNorm",
+           "ReLU", "Sigmoid", "Dropout", "Linear", "Flatten"]
