@@ -29,9 +29,10 @@ static inline double atomicAdd(double* address, double value) { double old = *ad
 static inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
     unsigned long long old = *address; *address += value; return old;
 }
-static inline float __expf(float x) { return std::exp(x); }
-static inline float __logf(float x) { return std::log(x); }
-static inline float __powf(float x, float y) { return std::pow(x, y); }
+// CUDA's fast-math intrinsics; glibc declares functions of these names, so macros it is.
+#define __expf(x) std::exp((float)(x))
+#define __logf(x) std::log((float)(x))
+#define __powf(x, y) std::pow((float)(x), (float)(y))
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 static inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 using std::exp; using std::log; using std::pow; using std::sqrt; using std::fabs;

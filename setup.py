@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minidl",
+    version="0.1.0",
+    description="A deep-learning framework written to be read: autograd, im2col convolutions, "
+                "AlexNet and EuroNet on NumPy/Numba (CPU) and CuPy (GPU)",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["minidl", "minidl.*"]),
+    package_data={"minidl": ["ops/*.cu", "testing/*.h"]},
+    install_requires=[
+        "numpy>=1.24",       # arrays and the CPU matrix products (OpenBLAS)
+        "numba>=0.58",       # compiled, parallel CPU loops: im2col, pooling, LRN
+        "pillow>=9.0",       # JPEG/PNG decoding, the pictures and the training curves
+        "tqdm>=4.60",        # progress bars in training
+        "tifffile>=2022.5",  # EuroSAT's 13-band GeoTIFFs
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "scikit-learn>=1.0",            # the bundled handwritten digits for the end-to-end test
+            "nvidia-cuda-nvrtc==13.0.*",    # NVRTC, to compile the CUDA sources without a GPU
+        ],
+        "cuda": ["cupy-cuda13x"],  # CUDA 13; use cupy-cuda12x on CUDA 12 (see README)
+        "cuda12": ["cupy-cuda12x"],
+    },
+)
