@@ -15,7 +15,7 @@ def _numba_cache_dir():
 
 _numba_cache_dir()
 
-from . import backend, cuda, ops, layers  # noqa: E402
+from . import autograd, backend, cuda, ops, layers  # noqa: E402
 from .autograd import Function, is_grad_enabled, no_grad  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .random import manual_seed  # noqa: E402

@@ -16,6 +16,8 @@ feeds several Functions and freeing each Function's saved arrays once it has bee
 """
 import contextlib
 import threading
+import time
+from collections import defaultdict
 
 from . import backend
 
@@ -35,6 +37,42 @@ def no_grad():
         yield
     finally:
         _mode.enabled = previous
+
+
+class Profile:
+    """Seconds spent in each Function's forward and backward, keyed by op and input shape.
+
+    Used by ``benchmarks/`` for the per-layer breakdown. ``synchronize`` is called before
+    each clock read (pass the GPU's synchronise when timing CUDA work).
+    """
+
+    def __init__(self, synchronize=None):
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+        self.synchronize = synchronize or (lambda: None)
+
+    def record(self, key, seconds):
+        self.seconds[key] += seconds
+        self.calls[key] += 1
+
+
+_profile = None
+
+
+@contextlib.contextmanager
+def profile(synchronize=None):
+    """Context manager yielding a ``Profile`` filled by every op run inside it."""
+    global _profile
+    previous, _profile = _profile, Profile(synchronize)
+    try:
+        yield _profile
+    finally:
+        _profile = previous
+
+
+def _profile_key(function, arrays):
+    shape = next((tuple(a.shape) for a in arrays if hasattr(a, "shape")), ())
+    return function.name, shape
 
 
 class Function:
@@ -80,7 +118,15 @@ class Function:
         raw = [a.data if isinstance(a, Tensor) else a for a in args]
         track = is_grad_enabled() and any(t.requires_grad for t in tensors)
         function.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        output = function.forward(*raw, **options)
+        if _profile is None:
+            output = function.forward(*raw, **options)
+        else:
+            _profile.synchronize()
+            start = time.perf_counter()
+            output = function.forward(*raw, **options)
+            _profile.synchronize()
+            function.profile_key = _profile_key(function, raw)
+            _profile.record(function.profile_key + ("forward",), time.perf_counter() - start)
         result = Tensor(output, requires_grad=track)
         if track:
             result.creator = function
@@ -134,7 +180,15 @@ def run_backward(root, grad, retain_graph=False):
             raise RuntimeError(
                 f"backward through {function.name} a second time: its saved arrays were freed "
                 "after the first backward; pass retain_graph=True to the first call to keep them")
-        input_grads = function.backward(g)
+        if _profile is None:
+            input_grads = function.backward(g)
+        else:
+            _profile.synchronize()
+            start = time.perf_counter()
+            input_grads = function.backward(g)
+            _profile.synchronize()
+            key = getattr(function, "profile_key", (function.name, ()))
+            _profile.record(key + ("backward",), time.perf_counter() - start)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         if len(input_grads) != len(function.inputs):

@@ -194,3 +194,13 @@ def test_unknown_device_is_rejected():
     if not minidl.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             Tensor(np.ones(2)).to("cuda")
+
+
+def test_profile_times_each_op_forward_and_backward():
+    x = Tensor(rand(3, 4), requires_grad=True)
+    with minidl.autograd.profile() as prof:
+        (x * x).sum().backward()
+    assert prof.calls[("Mul", (3, 4), "forward")] == 1
+    assert prof.calls[("Mul", (3, 4), "backward")] == 1
+    assert prof.calls[("Sum", (3, 4), "backward")] == 1
+    assert all(seconds >= 0 for seconds in prof.seconds.values())
