@@ -6,7 +6,8 @@ arrays (NumPy or CuPy):
 * ``forward(self, *inputs, **options)`` computes the output and keeps what backward needs
   with ``self.save_for_backward(...)``;
 * ``backward(self, grad_output)`` returns one gradient per positional input (``None`` where
-  an input is not a tensor or needs no gradient).
+  an input is not a tensor or needs no gradient). It must not write into ``grad_output``:
+  the same array may be the gradient of other tensors too.
 
 ``Function.apply`` wraps the call: it unwraps tensors, runs ``forward``, and -- unless grad
 mode is off -- records the Function as the output's creator. That record is the graph.
@@ -170,11 +171,12 @@ def run_backward(root, grad, retain_graph=False):
             continue
         function = tensor.creator
         if function is None:
+            # Never add in place: backward may hand one array to several inputs (Add does),
+            # so a leaf's grad can share memory with another's.
             if tensor.grad is None:
-                # A copy, because backward may hand the same array to several inputs.
-                tensor.grad = Tensor(g.copy())
+                tensor.grad = Tensor(g)
             else:
-                tensor.grad.data += g
+                tensor.grad.data = tensor.grad.data + g
             continue
         if function.released:
             raise RuntimeError(

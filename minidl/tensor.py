@@ -109,7 +109,7 @@ class Tensor:
                                    f"got shape {self.shape}; pass grad= of the same shape")
             grad = xp.ones_like(self.data)
         else:
-            grad = _as_array(grad, self.dtype)
+            grad = _as_array(grad, self.dtype).copy()  # the user's array stays theirs
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, expected {self.shape}")
         autograd.run_backward(self, grad, retain_graph=retain_graph)
