@@ -1,0 +1,160 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, 2012) on one device.
+
+The paper split the network over two GPUs; on one device the split becomes ``groups=2`` in
+conv2, conv4 and conv5 (each half of the output channels sees only its half of the input
+channels), while conv3 and the fully connected layers see everything. The input is 3x227x227:
+an 11x11 stride-4 convolution gives the paper's 55x55 maps from 227, not from 224.
+
+Two variants:
+
+``"paper"``
+    as the paper describes it: LRN with k=2, n=5, alpha=1e-4 multiplying the plain sum of
+    squares, beta=0.75; weights ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7 and 0
+    in the others. 60,965,224 parameters.
+``"caffe"``
+    Caffe's ``models/bvlc_alexnet/train_val.prototxt`` as it was trained: LRN with Caffe's
+    convention (alpha divided by the window size n) and k=1 (Caffe's default); fc6 and fc7
+    weights ~ N(0, 0.005), other weights ~ N(0, 0.01); the biases that the paper sets to 1 are
+    0.1 instead ("initialization to 1 gave flat loss", says the model's readme), the rest 0.
+    Same layers, same parameter count.
+
+Layers are registered under the paper's names in the order they run (conv1, relu1, norm1,
+pool1, conv2, ..., fc8), so ``state_dict()`` keys read ``conv1.weight``, ``fc6.bias``... and
+any of them can be tapped by name (``model.forward_with(x, taps=["relu1", "relu5"])``).
+The output is fc8's logits; softmax belongs to the loss (``ops.softmax_cross_entropy``).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import backend, random
+from ..layers import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU,
+                      Sequential)
+from ..tensor import Tensor
+from .summary import forward_with
+
+INPUT_SHAPE = (3, 227, 227)
+
+# variant -> LRN settings, weight std per layer (default 0.01), and the "non-zero" bias value.
+VARIANTS = {
+    "paper": dict(lrn=dict(size=5, alpha=1e-4, beta=0.75, k=2.0, convention="paper"),
+                  weight_std={}, bias=1.0),
+    "caffe": dict(lrn=dict(size=5, alpha=1e-4, beta=0.75, k=1.0, convention="caffe"),
+                  weight_std={"fc6": 0.005, "fc7": 0.005}, bias=0.1),
+}
+
+# The layers whose bias starts non-zero (1 in the paper, 0.1 in Caffe).
+NONZERO_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+_FEATURES_END = "pool5"  # the last layer of model.features; model.classifier is the rest
+
+
+class AlexNet(Sequential):
+    """AlexNet as a named ``Sequential``; build it with ``alexnet()``."""
+
+    input_shape = INPUT_SHAPE
+    feature_map_layers = ("relu1", "relu2", "relu3")  # conv1..conv3 after their ReLU
+    grad_cam_layer = "relu5"                            # the last conv maps, 256 x 13 x 13
+
+    def __init__(self, num_classes=1000, variant="paper", dropout=0.5, dtype=np.float32,
+                 generator=None):
+        if variant not in VARIANTS:
+            raise ValueError(f"alexnet: unknown variant {variant!r}; valid variants are "
+                             + ", ".join(repr(v) for v in VARIANTS))
+        settings = VARIANTS[variant]
+
+        def lrn():
+            return LocalResponseNorm(**settings["lrn"])
+
+        layers = OrderedDict([
+            ("conv1", Conv2d(3, 96, 11, stride=4, dtype=dtype)),             # 96 x 55 x 55
+            ("relu1", ReLU()), ("norm1", lrn()),
+            ("pool1", MaxPool2d(3, stride=2)),                                # 96 x 27 x 27
+            ("conv2", Conv2d(96, 256, 5, padding=2, groups=2, dtype=dtype)),  # 256 x 27 x 27
+            ("relu2", ReLU()), ("norm2", lrn()),
+            ("pool2", MaxPool2d(3, stride=2)),                                # 256 x 13 x 13
+            ("conv3", Conv2d(256, 384, 3, padding=1, dtype=dtype)),           # 384 x 13 x 13
+            ("relu3", ReLU()),
+            ("conv4", Conv2d(384, 384, 3, padding=1, groups=2, dtype=dtype)),
+            ("relu4", ReLU()),
+            ("conv5", Conv2d(384, 256, 3, padding=1, groups=2, dtype=dtype)),  # 256 x 13 x 13
+            ("relu5", ReLU()),
+            ("pool5", MaxPool2d(3, stride=2)),                                # 256 x 6 x 6
+            ("flatten", Flatten()),                                           # 9216
+            ("fc6", Linear(256 * 6 * 6, 4096, dtype=dtype)),
+            ("relu6", ReLU()), ("drop6", Dropout(dropout)),
+            ("fc7", Linear(4096, 4096, dtype=dtype)),
+            ("relu7", ReLU()), ("drop7", Dropout(dropout)),
+            ("fc8", Linear(4096, num_classes, dtype=dtype)),
+        ])
+        super().__init__(layers)
+        self.variant = variant
+        self.num_classes = num_classes
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator=None):
+        """Draw the variant's initial weights from ``generator`` (minidl's default one if None)."""
+        rng = generator if generator is not None else random.default_generator()
+        settings = VARIANTS[self.variant]
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+            layer = self[name]
+            std = settings["weight_std"].get(name, 0.01)
+            dtype = layer.weight.dtype
+            # standard_normal in the layer's dtype: no float64 copy of fc6's 37.7 M weights.
+            weight = rng.standard_normal(layer.weight.shape, dtype=dtype) * dtype.type(std)
+            bias = settings["bias"] if name in NONZERO_BIAS else 0.0
+            layer.weight.data = _like(layer.weight.data, weight)
+            layer.bias.data = _like(layer.bias.data, np.full(layer.bias.shape, bias, dtype=dtype))
+        return self
+
+    # -- views -------------------------------------------------------------------------------
+    def _slice(self, start, stop):
+        names = list(self._modules)
+        lo = names.index(start) if start else 0
+        hi = names.index(stop) + 1 if stop else len(names)
+        return Sequential(OrderedDict((n, self._modules[n]) for n in names[lo:hi]))
+
+    @property
+    def features(self):
+        """conv1 .. pool5, as a ``Sequential`` sharing this model's layers (N,3,227,227 -> N,256,6,6)."""
+        return self._slice(None, _FEATURES_END)
+
+    @property
+    def classifier(self):
+        """flatten, fc6 .. fc8, as a ``Sequential`` sharing this model's layers (N,256,6,6 -> N,classes)."""
+        names = list(self._modules)
+        return self._slice(names[names.index(_FEATURES_END) + 1], None)
+
+    # -- running ---------------------------------------------------------------------------
+    def forward(self, x):
+        _check_input("alexnet", x, INPUT_SHAPE)
+        return super().forward(x)
+
+    def forward_with(self, x, taps):
+        """``{tap: activation, ..., "output": logits}`` for the named layers (see ``summary.forward_with``)."""
+        return forward_with(self, x, taps)
+
+    def extra_repr(self):
+        return f"variant={self.variant!r}, num_classes={self.num_classes}"
+
+
+def _like(old, new):
+    """``new`` (a NumPy array) on the same device as ``old``."""
+    return backend.to_device(new, backend.device_of(old))
+
+
+def _check_input(name, x, expected):
+    """Fail before the first convolution, naming the expected shape, if ``x`` does not fit."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a minidl Tensor of shape (N, {', '.join(map(str, expected))}), "
+                        f"got {type(x).__name__}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(expected):
+        sizes = "x".join(map(str, expected))
+        raise ValueError(f"{name}: expected input of shape (N, {', '.join(map(str, expected))}) "
+                         f"-- a batch of {sizes} images -- got shape {x.shape}")
+
+
+def alexnet(num_classes=1000, variant="paper", dropout=0.5, dtype=np.float32, generator=None):
+    """AlexNet with ``num_classes`` outputs; ``variant`` is ``"paper"`` or ``"caffe"`` (see module doc)."""
+    return AlexNet(num_classes=num_classes, variant=variant, dropout=dropout, dtype=dtype,
+                   generator=generator)
