@@ -1,5 +1,339 @@
-"""SCAFFOLD: being written."""
+"""2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``) by im2col + GEMM.
+
+For a chunk of B images, ``im2col`` copies every input patch into one column of a matrix
+
+    cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 in the padding)
+
+so that the convolution of group g becomes one large matrix product,
+
+    y_g (O_g, B*OH*OW) = W_g (O_g, C_g*kH*kW) @ cols_g (C_g*kH*kW, B*OH*OW),
+
+done by the BLAS (``xp.matmul``: OpenBLAS on the CPU, cuBLAS on the GPU). Backward reuses the
+same pieces: with dY_g the gradient in the same (O_g, B*OH*OW) layout,
+
+    dW_g += dY_g @ cols_g^T          dcols_g = W_g^T @ dY_g          dx = col2im(dcols)
+
+where ``col2im`` is the adjoint of im2col, written as a gather: every input pixel sums the
+column entries it was copied into, so no two threads write one element (no atomics) and the
+result is deterministic. The bias gradient is dY summed over N, OH and OW.
+
+Memory: the columns of a whole AlexNet batch take gigabytes (128 x 3 x 227 x 227 input ->
+363 x 387,200 floats), so the batch is processed in chunks whose columns fit in
+``WORKSPACE_BYTES``. The chunk's buffers (columns, and the GEMM output in (O, B*OH*OW)
+layout) are kept between calls and reused -- a fresh multi-megabyte array costs a page fault
+per 4 KiB the first time it is written, which is as slow as the copy itself. Backward does not
+keep forward's columns; it recomputes them chunk by chunk (one more im2col, much cheaper than
+the two GEMMs it feeds).
+
+The CPU runs im2col/col2im as Numba loops below, the GPU as the CUDA kernels in ``conv.cu``;
+everything else is the same code on ``xp``.
+"""
+import threading
+
+import numpy as np
+from numba import njit, prange
+
+from .. import backend, cuda
+from ..autograd import Function
+from ..tensor import Tensor
+from . import _checks
+
+OP = "conv2d"
+
+# Upper bound on the im2col buffer of one chunk of images (bytes). The batch is split into
+# chunks of at most this many bytes of columns; a larger value gives larger GEMMs (little
+# faster once they are big) at the cost of memory that stays allocated between calls.
+WORKSPACE_BYTES = 128 * 2**20
+
+_kernels = cuda.KernelFile(__file__)
 
 
-def conv2d(*args, **kwargs):
-    raise NotImplementedError('conv2d: scaffold')
+# --------------------------------------------------------------------------------------------
+# Numba kernels (CPU)
+# --------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _valid_outputs(k, pad, stride, size, out_size):
+    """The outputs o in [lo, hi) whose tap k reads inside the input: 0 <= o*stride + k - pad < size."""
+    lo = 0
+    if pad - k > 0:
+        lo = (pad - k + stride - 1) // stride
+    last = size - 1 + pad - k  # o*stride <= last
+    hi = last // stride + 1 if last >= 0 else 0
+    hi = min(hi, out_size)
+    lo = min(lo, out_size)
+    return lo, max(lo, hi)
+
+
+@njit(parallel=True, cache=True)
+def _im2col_cpu(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w):
+    # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW], 0 in the padding.
+    # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
+    # writes are sequential and the iterations never touch the same memory.
+    batch, channels, height, width = x.shape
+    taps = kernel_h * kernel_w
+    for row in prange(channels * taps):
+        c = row // taps
+        ki = (row // kernel_w) % kernel_h
+        kj = row % kernel_w
+        lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
+        for b in range(batch):
+            for oh in range(out_h):
+                start = (b * out_h + oh) * out_w
+                h = oh * stride_h + ki - pad_h
+                if h < 0 or h >= height:
+                    for ow in range(out_w):
+                        cols[row, start + ow] = 0
+                    continue
+                for ow in range(lo):
+                    cols[row, start + ow] = 0
+                for ow in range(lo, hi):
+                    cols[row, start + ow] = x[b, c, h, ow * stride_w + kj - pad_w]
+                for ow in range(hi, out_w):
+                    cols[row, start + ow] = 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im_cpu(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w):
+    # dx[b, c, h, w] = sum of cols[(c, ki, kj), (b, oh, ow)] over the taps with
+    # oh*sH + ki - pH = h and ow*sW + kj - pW = w: the adjoint of im2col, as a gather.
+    # One iteration owns one plane dx[b, c] (which stays in L1 cache) and is the only writer
+    # of its pixels, so there are no races; each pixel adds its taps in (ki, kj) order, as the
+    # CUDA col2im does, so the two give the same sums.
+    batch, channels, height, width = dx.shape
+    for plane in prange(batch * channels):
+        b = plane // channels
+        c = plane % channels
+        for h in range(height):
+            for w in range(width):
+                dx[b, c, h, w] = 0
+        for ki in range(kernel_h):
+            for kj in range(kernel_w):
+                row = (c * kernel_h + ki) * kernel_w + kj
+                lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
+                for oh in range(out_h):
+                    h = oh * stride_h + ki - pad_h
+                    if h < 0 or h >= height:
+                        continue
+                    start = (b * out_h + oh) * out_w
+                    for ow in range(lo, hi):
+                        dx[b, c, h, ow * stride_w + kj - pad_w] += cols[row, start + ow]
+
+
+# --------------------------------------------------------------------------------------------
+# The two data-movement steps, on the CPU (Numba) or through the CUDA kernels
+# --------------------------------------------------------------------------------------------
+class _Geometry:
+    """Sizes of one convolution, derived once from the input and weight shapes."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, groups):
+        self.batch, self.channels, self.height, self.width = x_shape
+        self.out_channels, _, self.kernel_h, self.kernel_w = w_shape
+        self.stride_h, self.stride_w = stride
+        self.pad_h, self.pad_w = padding
+        self.groups = groups
+        self.out_h = (self.height + 2 * self.pad_h - self.kernel_h) // self.stride_h + 1
+        self.out_w = (self.width + 2 * self.pad_w - self.kernel_w) // self.stride_w + 1
+        self.pixels = self.out_h * self.out_w  # columns per image
+        self.rows = self.channels * self.kernel_h * self.kernel_w  # rows of cols, all groups
+        self.rows_per_group = self.rows // groups
+        self.out_per_group = self.out_channels // groups
+
+    def kernel_args(self):
+        return (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
+                self.pad_h, self.pad_w, self.out_h, self.out_w)
+
+    def chunk_size(self, itemsize):
+        """Images per chunk, so that the chunk's columns fit in WORKSPACE_BYTES (at least 1)."""
+        per_image = self.rows * self.pixels * itemsize
+        return int(max(1, min(self.batch, WORKSPACE_BYTES // max(1, per_image))))
+
+
+def _im2col(x, cols, geo, on_cuda):
+    if on_cuda:
+        batch, channels, height, width = x.shape
+        _kernels("im2col", x.dtype)(
+            cols.size, x, cols, np.int64(batch), np.int32(channels), np.int32(height),
+            np.int32(width), *(np.int32(v) for v in geo.kernel_args()))
+    else:
+        _im2col_cpu(x, cols, *geo.kernel_args())
+
+
+def _col2im(cols, dx, geo, on_cuda):
+    if on_cuda:
+        batch, channels, height, width = dx.shape
+        _kernels("col2im", dx.dtype)(
+            dx.size, cols, dx, np.int64(batch), np.int32(channels), np.int32(height),
+            np.int32(width), *(np.int32(v) for v in geo.kernel_args()))
+    else:
+        _col2im_cpu(cols, dx, *geo.kernel_args())
+
+
+# --------------------------------------------------------------------------------------------
+# Reusable workspace
+# --------------------------------------------------------------------------------------------
+_workspace = threading.local()
+
+
+def _buffer(xp, role, shape, dtype):
+    """A C-contiguous array of ``shape`` carved from a per-thread buffer kept between calls.
+
+    The buffer grows to the largest size asked for under ``role`` and is then reused; the
+    caller must be done with it before asking for the same role again. Never return it.
+    """
+    buffers = _workspace.__dict__.setdefault("buffers", {})
+    key = (xp.__name__, role, np.dtype(dtype).str)
+    size = int(np.prod(shape))
+    flat = buffers.get(key)
+    if flat is None or flat.size < size:
+        buffers.pop(key, None)  # free the old one before allocating its successor
+        flat = xp.empty(size, dtype=dtype)
+        buffers[key] = flat
+    return flat[:size].reshape(shape)
+
+
+def clear_workspace():
+    """Free the buffers conv2d keeps between calls (they are recreated on the next call)."""
+    _workspace.__dict__.pop("buffers", None)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward and backward
+# --------------------------------------------------------------------------------------------
+def _check_inputs(x, weight, bias, stride, padding, groups):
+    _checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+    _checks.float_array(OP, "weight", weight, ndim=4,
+                        layout="out_channels, in_channels // groups, kH, kW")
+    if bias is not None:
+        _checks.float_array(OP, "bias", bias)
+    _checks.same_dtype(OP, input=x, weight=weight, bias=bias)
+    _checks.positive_ints(OP, stride=stride, groups=groups)
+    _checks.non_negative_ints(OP, padding=padding)
+    out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
+    channels = x.shape[1]
+    if out_channels % groups:
+        raise ValueError(f"{OP}: groups={groups} must divide the out channels, but weight has "
+                         f"{out_channels} (weight shape {tuple(weight.shape)})")
+    if channels % groups:
+        raise ValueError(f"{OP}: groups={groups} must divide the input channels, but input has "
+                         f"{channels} (input shape {tuple(x.shape)})")
+    if channels != channels_per_group * groups:
+        raise ValueError(
+            f"{OP}: input has {channels} channels (shape {tuple(x.shape)}) but weight "
+            f"{tuple(weight.shape)} with groups={groups} expects weight.shape[1] * groups = "
+            f"{channels_per_group * groups}")
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"{OP}: bias must have shape ({out_channels},), one value per output "
+                         f"channel, got shape {tuple(bias.shape)}")
+    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    if kernel_h > padded[0] or kernel_w > padded[1]:
+        raise ValueError(f"{OP}: kernel {kernel_h}x{kernel_w} is larger than the padded input "
+                         f"{padded[0]}x{padded[1]} (input {x.shape[2]}x{x.shape[3]}, "
+                         f"padding {padding}); expected a kernel no larger than the padded input")
+
+
+class Conv2dFunction(Function):
+    def forward(self, x, weight, bias, stride, padding, groups):
+        _check_inputs(x, weight, bias, stride, padding, groups)
+        xp = backend.array_module(x)
+        x = xp.ascontiguousarray(x)
+        weight = xp.ascontiguousarray(weight)
+        geo = _Geometry(x.shape, weight.shape, stride, padding, groups)
+        on_cuda = backend.uses_cuda_kernels(x)
+        self.geo, self.on_cuda = geo, on_cuda
+        self.save_for_backward(x, weight)
+
+        # (O, C_g, kH, kW) -> (groups, O_g, C_g*kH*kW): row (c, ki, kj) matches the cols rows.
+        w = weight.reshape(groups, geo.out_per_group, geo.rows_per_group)
+        y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
+        chunk = geo.chunk_size(x.dtype.itemsize)
+        rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
+        for start in range(0, geo.batch, chunk):
+            b = min(chunk, geo.batch - start)
+            cols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
+            _im2col(x[start:start + b], cols, geo, on_cuda)
+            product = _buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
+            for g in range(groups):
+                xp.matmul(w[g], cols[g * rg:(g + 1) * rg], out=product[g * og:(g + 1) * og])
+            # (O, B, OH*OW) -> (B, O, OH*OW), adding the bias on the way.
+            source = product.reshape(geo.out_channels, b, n_pix).transpose(1, 0, 2)
+            target = y[start:start + b].reshape(b, geo.out_channels, n_pix)
+            if bias is None:
+                target[...] = source
+            else:
+                xp.add(source, bias.reshape(1, -1, 1), out=target)
+        return y
+
+    def backward(self, grad_output):
+        x, weight = self.saved
+        geo, on_cuda = self.geo, self.on_cuda
+        xp = backend.array_module(x)
+        grad_output = xp.ascontiguousarray(grad_output)
+        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        need_b = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
+        groups, rg, og, n_pix = geo.groups, geo.rows_per_group, geo.out_per_group, geo.pixels
+
+        w = weight.reshape(groups, og, rg)
+        grad_w = xp.zeros((groups, og, rg), dtype=x.dtype) if need_w else None
+        grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
+        grad_x = xp.empty_like(x) if need_x else None
+        if not (need_x or need_w or need_b):
+            return None, None, None, None, None, None
+
+        chunk = geo.chunk_size(x.dtype.itemsize)
+        for start in range(0, geo.batch, chunk):
+            b = min(chunk, geo.batch - start)
+            # dY chunk in the GEMM layout (O, B*OH*OW).
+            dy = _buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
+            dy.reshape(geo.out_channels, b, n_pix)[...] = (
+                grad_output[start:start + b].reshape(b, geo.out_channels, n_pix).transpose(1, 0, 2))
+            if need_b:
+                grad_b += dy.sum(axis=1)
+            if not (need_x or need_w):
+                continue
+            cols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
+            if need_w:
+                _im2col(x[start:start + b], cols, geo, on_cuda)
+            for g in range(groups):
+                dy_g, cols_g = dy[g * og:(g + 1) * og], cols[g * rg:(g + 1) * rg]
+                if need_w:
+                    if start == 0:
+                        xp.matmul(dy_g, cols_g.T, out=grad_w[g])
+                    else:
+                        grad_w[g] += xp.matmul(dy_g, cols_g.T)
+                if need_x:
+                    # cols_g has given all it had to dW_g: overwrite it with dcols_g.
+                    xp.matmul(w[g].T, dy_g, out=cols_g)
+            if need_x:
+                _col2im(cols, grad_x[start:start + b], geo, on_cuda)
+
+        if grad_w is not None:
+            grad_w = grad_w.reshape(weight.shape)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """2-D convolution of ``x`` (N, C, H, W) with ``weight`` (O, C // groups, kH, kW).
+
+    Returns (N, O, OH, OW) with OH = (H + 2*pH - kH) // sH + 1 (likewise OW); ``bias`` is
+    (O,) or None; ``stride`` and ``padding`` are an int or an (h, w) pair. ``groups`` splits
+    the channels: output channels [g*O/groups, (g+1)*O/groups) see only input channels
+    [g*C/groups, (g+1)*C/groups). Same semantics as ``torch.nn.functional.conv2d``.
+    """
+    for name, value in (("input", x), ("weight", weight), ("bias", bias)):
+        if value is None and name == "bias":
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{OP}: {name} must be a minidl Tensor, got {type(value).__name__}")
+    stride, padding = _int_pair("stride", stride), _int_pair("padding", padding)
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{OP}: groups must be a positive int, got {groups!r}")
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, int(groups))
+
+
+def _int_pair(name, value):
+    """An int or a pair of ints -> a pair of Python ints; anything else is an error."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  for v in items):
+        raise TypeError(f"{OP}: {name} must be an int or a pair of ints, got {value!r}")
+    return int(items[0]), int(items[1])

@@ -1,0 +1,80 @@
+// conv.cu -- the two data-movement kernels of convolution by im2col + GEMM.
+//
+// The multiply-adds themselves are matrix products done by cuBLAS (cupy.matmul); these kernels
+// only rearrange data around them. Both work on one chunk of B images:
+//
+//   x     (B, C, H, W)                  the input chunk
+//   cols  (C*kH*kW, B*OH*OW)            row (c, ki, kj), column (b, oh, ow)
+//   cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 outside x)
+//
+// Compiled twice, with real_t = float and real_t = double (see minidl/cuda.py).
+
+// One thread per column element: each element is one read of x (or a zero from the padding).
+// Consecutive threads take consecutive ow, so the writes are coalesced.
+extern "C" __global__ void im2col(const real_t* __restrict__ x, real_t* __restrict__ cols,
+                                  long long batch, int channels, int height, int width,
+                                  int kernel_h, int kernel_w, int stride_h, int stride_w,
+                                  int pad_h, int pad_w, int out_h, int out_w) {
+    const long long out_plane = (long long)out_h * out_w;
+    const long long n_columns = batch * out_plane;
+    const long long total = (long long)channels * kernel_h * kernel_w * n_columns;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const long long row = i / n_columns;
+        const long long column = i - row * n_columns;
+        const int kj = (int)(row % kernel_w);
+        const int ki = (int)((row / kernel_w) % kernel_h);
+        const long long c = row / ((long long)kernel_w * kernel_h);
+        const long long b = column / out_plane;
+        const long long pixel = column - b * out_plane;
+        const int oh = (int)(pixel / out_w);
+        const int ow = (int)(pixel - (long long)oh * out_w);
+        const int h = oh * stride_h + ki - pad_h;
+        const int w = ow * stride_w + kj - pad_w;
+        real_t value = (real_t)0;
+        if (h >= 0 && h < height && w >= 0 && w < width) {
+            value = x[((b * channels + c) * height + h) * width + w];
+        }
+        cols[i] = value;
+    }
+}
+
+// The adjoint of im2col, as a gather: one thread per input element x[b, c, h, w] sums the
+// column entries that element was copied into, i.e. every (ki, kj) with
+// oh = (h + pH - ki) / sH and ow = (w + pW - kj) / sW whole numbers inside the output.
+// Each thread writes only its own element -- no atomics -- and always adds the taps in the
+// same (ki, kj) order, so the result is deterministic (and equal to the Numba col2im's).
+extern "C" __global__ void col2im(const real_t* __restrict__ cols, real_t* __restrict__ dx,
+                                  long long batch, int channels, int height, int width,
+                                  int kernel_h, int kernel_w, int stride_h, int stride_w,
+                                  int pad_h, int pad_w, int out_h, int out_w) {
+    const long long out_plane = (long long)out_h * out_w;
+    const long long n_columns = batch * out_plane;
+    const long long total = batch * channels * height * width;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const int w = (int)(i % width);
+        const int h = (int)((i / width) % height);
+        const long long bc = i / ((long long)width * height);
+        const long long c = bc % channels;
+        const long long b = bc / channels;
+        real_t sum = (real_t)0;
+        for (int ki = 0; ki < kernel_h; ++ki) {
+            const int th = h + pad_h - ki;  // = oh * sH when tap ki of output row oh read row h
+            if (th < 0) break;              // th only decreases as ki grows
+            if (th % stride_h != 0) continue;
+            const int oh = th / stride_h;
+            if (oh >= out_h) continue;
+            for (int kj = 0; kj < kernel_w; ++kj) {
+                const int tw = w + pad_w - kj;
+                if (tw < 0) break;
+                if (tw % stride_w != 0) continue;
+                const int ow = tw / stride_w;
+                if (ow >= out_w) continue;
+                const long long row = (c * kernel_h + ki) * kernel_w + kj;
+                sum += cols[row * n_columns + b * out_plane + (long long)oh * out_w + ow];
+            }
+        }
+        dx[i] = sum;
+    }
+}
