@@ -16,8 +16,14 @@ from ..tensor import Tensor
 
 
 def _leaf_names(model):
-    """Names of the modules that hold no sub-modules: the layers that do the work."""
-    return [name for name, m in model.named_modules() if name and not m._modules]
+    """Names of the modules that hold no sub-modules: the layers that do the work (a module
+    registered under two names is listed once, under the first)."""
+    names, seen = [], set()
+    for name, m in model.named_modules():
+        if name and not m._modules and id(m) not in seen:
+            seen.add(id(m))
+            names.append(name)
+    return names
 
 
 def _resolve(model, names):
