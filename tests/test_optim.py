@@ -1,0 +1,299 @@
+"""SGD (the paper's rule, checked against plain Python), its L2/L1 terms, its state, and the
+learning-rate schedules."""
+import math
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import backend, checkpoint
+from minidl.layers import Parameter
+from minidl.optim import SGD, ReduceLROnPlateau, StepLR
+
+
+def python_sgd(w, grads_of, lrs, momentum, weight_decay, l1=0.0):
+    """The update of SPEC.md in plain Python floats: one list per parameter element.
+
+    ``grads_of(w)`` gives the gradient at ``w``; ``lrs`` the learning rate of each step.
+    The expression is written exactly as in SPEC.md, left to right.
+    """
+    w, v, history = list(w), [0.0] * len(w), []
+    for lr in lrs:
+        g = grads_of(w)
+        for i in range(len(w)):
+            gi = g[i] + (l1 * (1.0 if w[i] > 0 else -1.0 if w[i] < 0 else 0.0) if l1 else 0.0)
+            v[i] = momentum * v[i] - weight_decay * lr * w[i] - lr * gi
+            w[i] = w[i] + v[i]
+        history.append(list(w))
+    return history
+
+
+def quadratic_grad(w):
+    # d/dw of sum(0.5 * (w - t)^2 * s) with a different curvature per element
+    targets, scales = [1.0, -2.0, 0.5, 0.0], [1.0, 0.3, 2.0, 0.7]
+    return [s * (x - t) for x, t, s in zip(w, targets, scales)]
+
+
+def run_minidl_sgd(w0, lrs, dtype=np.float64, **options):
+    p = Parameter(np.array(w0, dtype=dtype))
+    opt = SGD([p], lr=lrs[0], **options)
+    history = []
+    for lr in lrs:
+        opt.lr = lr
+        g = np.array(quadratic_grad(p.data.astype(np.float64).tolist()), dtype=dtype)
+        p.grad = minidl.Tensor(g)
+        opt.step()
+        history.append(p.data.copy())
+    return p, opt, history
+
+
+W0 = [0.3, -1.2, 2.0, 0.0]
+LRS = [0.1, 0.1, 0.1, 0.01, 0.01, 0.001]  # two drops by 10, as ReduceLROnPlateau makes them
+
+
+def test_sgd_matches_python_over_steps_with_lr_drops():
+    expected = python_sgd(W0, quadratic_grad, LRS, momentum=0.9, weight_decay=0.0005)
+    _, _, got = run_minidl_sgd(W0, LRS)
+    for step, (e, g) in enumerate(zip(expected, got)):
+        # Same operations in the same order on float64: equal to the last bit.
+        assert g.tolist() == e, f"step {step}: {g.tolist()} != {e}"
+
+
+def test_sgd_default_hyper_parameters_are_the_papers():
+    opt = SGD([Parameter(np.zeros(2, np.float32))])
+    assert (opt.lr, opt.momentum, opt.weight_decay, opt.l1) == (0.01, 0.9, 0.0005, 0.0)
+
+
+def test_weight_decay_alone_shrinks_weights_geometrically_with_momentum():
+    # Zero data gradient: only the L2 term -weight_decay * lr * w moves the weights.
+    lr, wd = 0.5, 0.1
+    expected = python_sgd([2.0, -4.0], lambda w: [0.0, 0.0], [lr] * 5, momentum=0.9, weight_decay=wd)
+    p = Parameter(np.array([2.0, -4.0]))
+    opt = SGD([p], lr=lr, momentum=0.9, weight_decay=wd)
+    for e in expected:
+        p.grad = minidl.Tensor(np.zeros(2))
+        opt.step()
+        assert p.data.tolist() == e
+    assert abs(p.data[0]) < 2.0 and abs(p.data[1]) < 4.0
+    # Without momentum one step is exactly w * (1 - wd * lr).
+    q = Parameter(np.array([2.0, -4.0]))
+    opt = SGD([q], lr=lr, momentum=0.0, weight_decay=wd)
+    q.grad = minidl.Tensor(np.zeros(2))
+    opt.step()
+    assert q.data.tolist() == [2.0 - wd * lr * 2.0, -4.0 + wd * lr * 4.0]
+
+
+def test_l1_adds_sign_of_the_weight_to_the_gradient():
+    expected = python_sgd(W0, quadratic_grad, LRS, momentum=0.9, weight_decay=0.0005, l1=0.05)
+    _, _, got = run_minidl_sgd(W0, LRS, l1=0.05)
+    for e, g in zip(expected, got):
+        assert g.tolist() == e
+    # The zero weight: sign(0) = 0, so L1 does not push it on the first step.
+    p = Parameter(np.array([0.0, 1.0, -1.0]))
+    opt = SGD([p], lr=0.1, momentum=0.0, weight_decay=0.0, l1=0.5)
+    p.grad = minidl.Tensor(np.zeros(3))
+    opt.step()
+    assert p.data.tolist() == [0.0, 1.0 - 0.05, -1.0 + 0.05]
+
+
+def test_lr_inside_velocity_differs_from_pytorch_only_after_an_lr_change():
+    torch = pytest.importorskip("torch")
+    w = torch.tensor(W0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=LRS[0], momentum=0.9, weight_decay=0.0005)
+    _, _, ours = run_minidl_sgd(W0, LRS)
+    for step, lr in enumerate(LRS):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        w.grad = torch.tensor(quadratic_grad(w.detach().tolist()), dtype=torch.float64)
+        opt.step()
+        if step < 3:  # constant lr: the same optimiser
+            np.testing.assert_allclose(ours[step], w.detach().numpy(), rtol=1e-12, atol=1e-14)
+    # After the drops the accumulated momentum is treated differently.
+    assert np.abs(ours[-1] - w.detach().numpy()).max() > 1e-4
+
+
+def test_float32_in_place_and_velocity_on_the_parameter():
+    p = Parameter(np.ones((3, 2), np.float32))
+    data_before = p.data
+    opt = SGD([p], lr=0.1)
+    p.grad = minidl.Tensor(np.full((3, 2), 0.5, np.float32))
+    opt.step()
+    assert p.data is data_before and p.data.dtype == np.float32
+    assert opt.velocities[0].dtype == np.float32
+    expected = np.float32(1.0) + (np.float32(0.0) - np.float32(0.0005 * 0.1) * np.float32(1.0)
+                                  - np.float32(0.1) * np.float32(0.5))
+    np.testing.assert_allclose(p.data, expected, rtol=1e-6)
+
+
+def test_step_does_not_touch_the_gradient_array():
+    p = Parameter(np.array([1.0, -1.0]))
+    g = np.array([0.5, 0.5])
+    p.grad = minidl.Tensor(g)
+    SGD([p], lr=0.1, l1=0.1).step()
+    assert g.tolist() == [0.5, 0.5]
+
+
+def test_parameters_without_gradient_are_left_alone_and_zero_grad_clears():
+    a, b = Parameter(np.ones(2)), Parameter(np.ones(2))
+    opt = SGD([a, b], lr=0.1)
+    a.grad = minidl.Tensor(np.ones(2))
+    opt.step()
+    assert b.data.tolist() == [1.0, 1.0] and opt.velocities[1] is None
+    assert a.data[0] < 1.0
+    opt.zero_grad()
+    assert a.grad is None and b.grad is None
+
+
+def test_sgd_with_autograd_gradients_decreases_a_loss():
+    rng = np.random.default_rng(0)
+    x = minidl.Tensor(rng.normal(size=(32, 4)))
+    t = minidl.Tensor(x.data @ np.array([[1.0], [-2.0], [0.5], [3.0]]))
+    w = Parameter(np.zeros((4, 1)))
+    opt = SGD([w], lr=0.05, momentum=0.9, weight_decay=0.0)
+    losses = []
+    for _ in range(150):
+        loss = ((x @ w - t) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 1e-3 * losses[0]
+
+
+def test_state_dict_round_trip_continues_identically(tmp_path):
+    p, opt, _ = run_minidl_sgd(W0, LRS[:3], l1=0.01)
+    checkpoint.save(tmp_path / "opt.npz", optimizer=opt.state_dict(), w=p.data)
+    state = checkpoint.load(tmp_path / "opt.npz")
+    assert isinstance(state["optimizer"]["velocities"][0], np.ndarray)
+
+    q = Parameter(state["w"].copy())
+    other = SGD([q], lr=123.0, momentum=0.0, weight_decay=0.0)
+    other.load_state_dict(state["optimizer"])
+    assert (other.lr, other.momentum, other.weight_decay, other.l1, other.steps) == (
+        opt.lr, opt.momentum, opt.weight_decay, opt.l1, 3)
+    for _ in range(3):
+        for param, o in ((p, opt), (q, other)):
+            param.grad = minidl.Tensor(np.array(quadratic_grad(param.data.tolist())))
+            o.step()
+    assert p.data.tolist() == q.data.tolist()
+
+
+def test_bad_arguments_are_named():
+    p = Parameter(np.ones(2))
+    with pytest.raises(ValueError, match="SGD: lr must be a finite number >= 0"):
+        SGD([p], lr=-0.1)
+    with pytest.raises(TypeError, match="SGD: momentum must be a number"):
+        SGD([p], momentum="fast")
+    with pytest.raises(ValueError, match="SGD: got an empty list"):
+        SGD([])
+    with pytest.raises(TypeError, match="SGD: parameter 0 is a ndarray"):
+        SGD([np.ones(2)])
+    opt = SGD([p])
+    with pytest.raises(ValueError, match="SGD: lr"):
+        opt.lr = float("nan")
+    with pytest.raises(ValueError, match="SGD.load_state_dict: the state has 2 velocities for 1"):
+        opt.load_state_dict({**opt.state_dict(), "velocities": [None, None]})
+    with pytest.raises(ValueError, match=r"SGD.load_state_dict: velocity 0 has shape \(3,\)"):
+        opt.load_state_dict({**opt.state_dict(), "velocities": [np.zeros(3)]})
+    p.grad = minidl.Tensor(np.ones(3))
+    with pytest.raises(RuntimeError, match=r"SGD: parameter 0 of shape \(2,\)"):
+        opt.step()
+
+
+# -- schedules -----------------------------------------------------------------------------------
+def lr_trace(scheduler, optimizer, metrics):
+    trace = []
+    for m in metrics:
+        scheduler.step(m)
+        trace.append(optimizer.lr)
+    return trace
+
+
+def test_plateau_divides_by_ten_after_patience_bad_epochs_at_most_three_times():
+    opt = SGD([Parameter(np.ones(1))], lr=0.01)
+    sched = ReduceLROnPlateau(opt, patience=2)
+    errors = [0.9, 0.8, 0.8, 0.85,   # two epochs without improvement -> 1e-3
+              0.7, 0.75, 0.7,        # 0.7 is not better than 0.7 -> 1e-4
+              0.71, 0.72,            # -> 1e-5 (third reduction)
+              0.9, 0.9, 0.9, 0.9]    # no more reductions
+    trace = lr_trace(sched, opt, errors)
+    expected = [0.01, 0.01, 0.01, 0.001, 0.001, 0.001, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5]
+    assert trace == pytest.approx(expected, rel=1e-12)
+    assert sched.reductions == 3 and sched.exhausted
+
+
+def test_plateau_mode_max_threshold_min_lr_and_nan():
+    opt = SGD([Parameter(np.ones(1))], lr=1.0)
+    sched = ReduceLROnPlateau(opt, factor=0.5, patience=1, max_reductions=None, mode="max",
+                              threshold=0.01, min_lr=0.3)
+    trace = lr_trace(sched, opt, [0.5, 0.505, 0.6, float("nan"), 0.7, 0.1, 0.1])
+    # 0.505 is within the threshold (bad); nan is bad; reductions floor at min_lr.
+    assert trace == [1.0, 0.5, 0.5, 0.3, 0.3, 0.3, 0.3]
+
+
+def test_plateau_state_dict_round_trip():
+    opt = SGD([Parameter(np.ones(1))], lr=0.01)
+    sched = ReduceLROnPlateau(opt, patience=2)
+    lr_trace(sched, opt, [0.5, 0.6, 0.6, 0.7])
+    other_opt = SGD([Parameter(np.ones(1))], lr=0.01)
+    other = ReduceLROnPlateau(other_opt, patience=7)
+    other.load_state_dict(checkpoint_round_trip(sched.state_dict()))
+    other_opt.lr = opt.lr
+    assert lr_trace(other, other_opt, [0.6, 0.6, 0.4]) == lr_trace(sched, opt, [0.6, 0.6, 0.4])
+
+
+def checkpoint_round_trip(state):
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "s.npz")
+        checkpoint.save(path, state=state)
+        return checkpoint.load(path)["state"]
+
+
+def test_plateau_bad_arguments():
+    opt = SGD([Parameter(np.ones(1))])
+    with pytest.raises(ValueError, match="ReduceLROnPlateau: mode must be 'min' or 'max'"):
+        ReduceLROnPlateau(opt, mode="lowest")
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: factor must be in \(0, 1\)"):
+        ReduceLROnPlateau(opt, factor=10)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau: patience must be an integer >= 1"):
+        ReduceLROnPlateau(opt, patience=0)
+
+
+def test_step_lr():
+    opt = SGD([Parameter(np.ones(1))], lr=0.1)
+    sched = StepLR(opt, step_size=3, gamma=0.1)
+    trace = []
+    for _ in range(8):
+        trace.append(opt.lr)
+        sched.step()
+    assert trace == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001], rel=1e-12)
+    other_opt = SGD([Parameter(np.ones(1))], lr=0.5)
+    other = StepLR(other_opt, step_size=1)
+    other.load_state_dict(checkpoint_round_trip(sched.state_dict()))
+    other_opt.lr = opt.lr
+    sched.step(), other.step()
+    assert other_opt.lr == opt.lr == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="StepLR: step_size must be an integer >= 1"):
+        StepLR(opt, step_size=0)
+
+
+@pytest.mark.gpu
+def test_sgd_on_the_gpu_matches_the_cpu():
+    if not backend.cuda_available():
+        pytest.skip("no CUDA GPU visible to CuPy")
+    _, _, cpu = run_minidl_sgd(W0, LRS, dtype=np.float32, l1=0.01)
+    p = Parameter(np.array(W0, np.float32)).to("cuda")
+    p = Parameter(p.data)
+    opt = SGD([p], lr=LRS[0], l1=0.01)
+    for step, lr in enumerate(LRS):
+        opt.lr = lr
+        g = np.array(quadratic_grad(backend.to_numpy(p.data).astype(np.float64).tolist()), np.float32)
+        p.grad = minidl.Tensor(backend.to_device(g, "cuda"))
+        opt.step()
+        assert p.device == "cuda" and backend.device_of(opt.velocities[0]) == "cuda"
+        np.testing.assert_allclose(backend.to_numpy(p.data), cpu[step], rtol=1e-6, atol=1e-7)
+    state = opt.state_dict()
+    assert isinstance(state["velocities"][0], np.ndarray)
+    assert math.isfinite(float(state["velocities"][0][0]))
