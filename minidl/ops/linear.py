@@ -1,9 +1,86 @@
-"""SCAFFOLD: being written."""
+"""Fully connected layer ``y = x W^T + b`` and ``flatten``.
+
+``linear`` has no kernel of its own, on purpose: its forward and backward are three matrix
+products, and ``xp.matmul`` hands them to BLAS (NumPy) or cuBLAS (CuPy), which no hand-written
+kernel here would beat. ``W.T`` is a transposed *view*; BLAS reads it as it is, without a copy.
+
+    forward    y  = x @ W.T (+ b)          x (N, in), W (out, in), b (out,), y (N, out)
+    backward   dx = g @ W                  only if x needs a gradient
+               dW = g.T @ x                only if W needs a gradient
+               db = g.sum(axis=0)          only if b needs a gradient
+
+Each product is computed only when that input needs a gradient, and forward saves only what
+those products read (x for dW, W for dx), so a frozen layer or the first layer (whose input
+needs no gradient) keeps less alive between forward and backward.
+"""
+import numpy as np
+
+from .. import backend
+from ..autograd import Function
+from . import _checks
 
 
-def flatten(*args, **kwargs):
-    raise NotImplementedError('flatten: scaffold')
+class Linear(Function):
+    def forward(self, x, weight, bias=None):
+        _checks.float_array("linear", "input", x, ndim=2, layout="N, in_features")
+        _checks.float_array("linear", "weight", weight, ndim=2, layout="out_features, in_features")
+        if bias is not None:
+            _checks.float_array("linear", "bias", bias, ndim=1, layout="out_features")
+        _checks.same_dtype("linear", input=x, weight=weight, bias=bias)
+        if x.shape[1] != weight.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[1]} features (shape {tuple(x.shape)}) but "
+                             f"weight of shape {tuple(weight.shape)} = (out_features, in_features) "
+                             f"expects {weight.shape[1]}")
+        if bias is not None and bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"linear: bias has shape {tuple(bias.shape)}; expected "
+                             f"({weight.shape[0]},), one value per output feature")
+        xp = backend.array_module(x)
+        y = xp.matmul(x, weight.T)
+        if bias is not None:
+            y += bias  # in place: y is our own fresh array
+        needs_x, needs_w = self.needs_input_grad[0], self.needs_input_grad[1]
+        self.save_for_backward(x if needs_w else None, weight if needs_x else None)
+        return y
+
+    def backward(self, g):
+        x, weight = self.saved
+        xp = backend.array_module(g)
+        needs = self.needs_input_grad
+        grad_x = xp.matmul(g, weight) if needs[0] else None
+        grad_w = xp.matmul(g.T, x) if needs[1] else None
+        grad_b = g.sum(axis=0) if needs[2] else None
+        return grad_x, grad_w, grad_b
 
 
-def linear(*args, **kwargs):
-    raise NotImplementedError('linear: scaffold')
+class Flatten(Function):
+    def forward(self, x, start_dim):
+        self.shape = x.shape
+        # The size is spelled out rather than -1, so that an empty batch (0, C, H, W) works.
+        kept = tuple(x.shape[:start_dim])
+        merged = int(np.prod(x.shape[start_dim:], dtype=np.int64))
+        return x.reshape(kept + (merged,))  # a view when x is contiguous (no copy)
+
+    def backward(self, g):
+        return g.reshape(self.shape), None
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` with x (N, in_features), weight (out_features, in_features) as
+    in ``torch.nn.functional.linear``, bias (out_features,) or None."""
+    return Linear.apply(x, weight, bias)
+
+
+def flatten(x, start_dim=1):
+    """Keep dims ``[0, start_dim)``, merge the rest into one: (N, C, H, W) -> (N, C*H*W).
+
+    ``start_dim`` may be negative (counted from the end). The result is a view of x on both
+    devices when x is contiguous; backward reshapes the gradient back.
+    """
+    ndim = len(x.shape)
+    if ndim == 0:
+        raise ValueError("flatten: input must have at least 1 dimension, got a 0-d (scalar) tensor")
+    if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)) \
+            or not -ndim <= start_dim < ndim:
+        raise ValueError(f"flatten: start_dim must be an integer in [{-ndim}, {ndim - 1}] for an "
+                         f"input of shape {tuple(x.shape)}, got {start_dim!r}")
+    return Flatten.apply(x, int(start_dim) % ndim)
