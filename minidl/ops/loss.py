@@ -1,17 +1,253 @@
-"""SCAFFOLD: being written."""
+"""Losses and the softmax family, all in numerically stable form.
+
+softmax_cross_entropy(logits (N, K), labels (N,)) -- mean over the batch of
+
+    loss[r] = logsumexp(x[r]) - x[r, label[r]] = (m[r] - x[r, label[r]]) + log(sum_j exp(x[r, j] - m[r]))
+
+with m[r] = max_j x[r, j], so no exp ever sees a positive argument: logits of 1e4 (or 1e30)
+give a finite loss. The difference m - x[label] is formed first, before adding the small
+log-sum, so it keeps full precision even when the logits themselves are huge. Backward:
+
+    dL/dx[r, j] = g * (softmax(x[r])_j - [j == label[r]]) / N,  softmax_j = exp((x_j - m) - log_sum)
+
+Forward saves m and log_sum per row (2N numbers) and recomputes the probabilities in backward,
+instead of keeping an N x K probability array alive. CPU: NumPy. GPU: ``loss.cu`` -- one thread
+per row for the max / log-sum-exp / row loss (each row is a sequential reduction), one thread
+per element for the gradient (independent elements, so the whole GPU is busy). The batch mean
+of the N row losses is an ``xp.mean``.
+
+binary_cross_entropy_with_logits(logits, targets) -- mean over all elements of
+
+    l = max(x, 0) - x * t + log1p(exp(-|x|))     (= -t log s(x) - (1 - t) log(1 - s(x)))
+    dL/dx = g * (sigmoid(x) - t) / numel,  dL/dt = -g * x / numel
+
+log_softmax(x, axis) and softmax(x, axis): the same max-shift, for any axis of any array,
+written once against ``xp`` (CuPy runs them as its own fused elementwise/reduction kernels):
+
+    log_softmax: y = (x - m) - log(sum exp(x - m)),   dx = g - exp(y) * sum(g)
+    softmax:     y = exp(x - m) / sum exp(x - m),     dx = y * (g - sum(g * y))
+"""
+import numpy as np
+
+from .. import backend, cuda
+from ..autograd import Function
+from ..tensor import Tensor
+from . import _checks
+
+_kernels = cuda.KernelFile(__file__)
 
 
-def binary_cross_entropy_with_logits(*args, **kwargs):
-    raise NotImplementedError('binary_cross_entropy_with_logits: scaffold')
+def _on_device_of(value, like):
+    """``value`` (an array, list or Tensor) as an array on the device of the array ``like``."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if backend.array_module(like) is np:
+        return backend.to_numpy(value)
+    return backend.array_module(like).asarray(value)
 
 
-def log_softmax(*args, **kwargs):
-    raise NotImplementedError('log_softmax: scaffold')
+def _scalar_buffer(g, dtype):
+    """The incoming gradient of a scalar loss as a 1-element device array: kernels read it
+    through a pointer, so the GPU never waits for it to be copied to the host."""
+    xp = backend.array_module(g)
+    return xp.ascontiguousarray(xp.asarray(g, dtype=dtype).reshape(1))
 
 
-def softmax(*args, **kwargs):
-    raise NotImplementedError('softmax: scaffold')
+# -- softmax cross-entropy ------------------------------------------------------------------
+
+class SoftmaxCrossEntropy(Function):
+    def forward(self, logits, labels):
+        op = "softmax_cross_entropy"
+        _checks.float_array(op, "logits", logits, ndim=2, layout="N examples, K classes")
+        n, k = logits.shape
+        if n == 0 or k == 0:
+            raise ValueError(f"{op}: logits of shape {tuple(logits.shape)} are empty; the mean "
+                             "over the batch needs at least one example and one class")
+        _checks.class_labels(op, labels, n, k)
+        xp = backend.array_module(logits)
+        labels = xp.ascontiguousarray(labels, dtype=np.int64)
+        if backend.uses_cuda_kernels(logits):
+            logits = xp.ascontiguousarray(logits)
+            row_loss = xp.empty(n, dtype=logits.dtype)
+            row_max = xp.empty(n, dtype=logits.dtype)
+            log_sum = xp.empty(n, dtype=logits.dtype)
+            _kernels("softmax_cross_entropy_forward", logits.dtype)(
+                n, logits, labels, row_loss, row_max, log_sum, np.int64(n), np.int64(k))
+        else:
+            row_max = logits.max(axis=1)
+            e = logits - row_max[:, None]
+            np.exp(e, out=e)
+            log_sum = np.log(e.sum(axis=1))
+            row_loss = (row_max - logits[np.arange(n), labels]) + log_sum
+        self.save_for_backward(logits, labels, row_max, log_sum)
+        return xp.mean(row_loss)
+
+    def backward(self, g):
+        logits, labels, row_max, log_sum = self.saved
+        n, k = logits.shape
+        if backend.uses_cuda_kernels(logits):
+            xp = backend.array_module(logits)
+            grad = xp.empty(logits.shape, dtype=logits.dtype)
+            _kernels("softmax_cross_entropy_backward", logits.dtype)(
+                n * k, logits, labels, row_max, log_sum, _scalar_buffer(g, logits.dtype), grad,
+                np.int64(n), np.int64(k))
+        else:
+            grad = logits - row_max[:, None]
+            grad -= log_sum[:, None]
+            np.exp(grad, out=grad)  # softmax, recomputed from the saved row statistics
+            grad[np.arange(n), labels] -= 1
+            grad *= g / n
+        return grad, None
 
 
-def softmax_cross_entropy(*args, **kwargs):
-    raise NotImplementedError('softmax_cross_entropy: scaffold')
+def softmax_cross_entropy(logits, labels):
+    """Mean over the batch of -log softmax(logits)[label].
+
+    ``logits``: float tensor (N, K). ``labels``: N integer class indices in [0, K) -- a NumPy
+    or CuPy integer array, a list, or an integer Tensor; moved to the logits' device if needed.
+    Returns a 0-d tensor.
+    """
+    data = logits.data if isinstance(logits, Tensor) else logits
+    if not hasattr(data, "dtype"):
+        raise TypeError(f"softmax_cross_entropy: logits must be a float tensor, got {type(logits).__name__}")
+    return SoftmaxCrossEntropy.apply(logits, _on_device_of(labels, data))
+
+
+# -- binary cross-entropy with logits -------------------------------------------------------
+
+class BinaryCrossEntropyWithLogits(Function):
+    def forward(self, logits, targets):
+        op = "binary_cross_entropy_with_logits"
+        _checks.float_array(op, "logits", logits)
+        _checks.float_array(op, "targets", targets)
+        _checks.same_dtype(op, logits=logits, targets=targets)
+        if targets.shape != logits.shape:
+            raise ValueError(f"{op}: targets must have the shape of the logits, "
+                             f"{tuple(logits.shape)}, got {tuple(targets.shape)}")
+        if logits.size == 0:
+            raise ValueError(f"{op}: logits are empty (shape {tuple(logits.shape)}); "
+                             "the mean needs at least one element")
+        if float(targets.min()) < 0 or float(targets.max()) > 1:
+            raise ValueError(f"{op}: targets must lie in [0, 1] (probabilities), got values from "
+                             f"{float(targets.min())} to {float(targets.max())}")
+        xp = backend.array_module(logits)
+        if backend.uses_cuda_kernels(logits):
+            logits, targets = xp.ascontiguousarray(logits), xp.ascontiguousarray(targets)
+            elementwise = xp.empty(logits.shape, dtype=logits.dtype)
+            _kernels("bce_with_logits_forward", logits.dtype)(
+                logits.size, logits, targets, elementwise, np.int64(logits.size))
+        else:
+            elementwise = np.abs(logits)
+            np.negative(elementwise, out=elementwise)
+            np.exp(elementwise, out=elementwise)
+            np.log1p(elementwise, out=elementwise)
+            elementwise -= logits * targets
+            elementwise += np.maximum(logits, logits.dtype.type(0))
+        self.save_for_backward(logits, targets)
+        return xp.mean(elementwise)
+
+    def backward(self, g):
+        logits, targets = self.saved
+        xp = backend.array_module(logits)
+        numel = logits.size
+        grad_logits = grad_targets = None
+        if self.needs_input_grad[0]:
+            if backend.uses_cuda_kernels(logits):
+                grad_logits = xp.empty(logits.shape, dtype=logits.dtype)
+                _kernels("bce_with_logits_backward", logits.dtype)(
+                    numel, logits, targets, _scalar_buffer(g, logits.dtype), grad_logits,
+                    np.int64(numel))
+            else:
+                grad_logits = np.negative(logits)
+                with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives sigmoid 0
+                    np.exp(grad_logits, out=grad_logits)
+                grad_logits += 1
+                np.reciprocal(grad_logits, out=grad_logits)
+                grad_logits -= targets
+                grad_logits *= g / numel
+        if self.needs_input_grad[1]:
+            grad_targets = logits * (-g / numel)
+        return grad_logits, grad_targets
+
+
+def binary_cross_entropy_with_logits(logits, targets):
+    """Mean over all elements of the binary cross-entropy between sigmoid(logits) and targets.
+
+    ``targets`` has the logits' shape, values in [0, 1]. A Tensor of targets must share the
+    logits' dtype (it may require a gradient); a plain array or list is converted to the
+    logits' dtype and device (so integer or float64 one-hot arrays work as they are).
+    Returns a 0-d tensor.
+    """
+    data = logits.data if isinstance(logits, Tensor) else logits
+    if not hasattr(data, "dtype"):
+        raise TypeError(f"binary_cross_entropy_with_logits: logits must be a float tensor, "
+                        f"got {type(logits).__name__}")
+    if not isinstance(targets, Tensor):
+        targets = _on_device_of(targets, data)
+        if targets.dtype.kind not in "biuf":
+            raise TypeError(f"binary_cross_entropy_with_logits: targets must be numbers in [0, 1], "
+                            f"got dtype {targets.dtype}")
+        if data.dtype in _checks.FLOATS:
+            targets = targets.astype(data.dtype, copy=False)
+        targets = Tensor(targets)
+    return BinaryCrossEntropyWithLogits.apply(logits, targets)
+
+
+# -- softmax and log-softmax along any axis --------------------------------------------------
+
+def _check_axis(op, x, axis):
+    _checks.float_array(op, "input", x)
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) \
+            or not -x.ndim <= axis < max(x.ndim, 1) or x.ndim == 0:
+        raise ValueError(f"{op}: axis must be an integer in [{-x.ndim}, {x.ndim - 1}] for an "
+                         f"input of shape {tuple(x.shape)}, got {axis!r}")
+    if x.shape[axis] == 0:
+        raise ValueError(f"{op}: axis {axis} of shape {tuple(x.shape)} is empty; "
+                         "softmax needs at least one entry")
+
+
+def _shifted(x, axis):
+    """x - max(x, axis): every exp below sees arguments <= 0 and cannot overflow."""
+    return x - x.max(axis=axis, keepdims=True)
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis):
+        _check_axis("log_softmax", x, axis)
+        xp = backend.array_module(x)
+        self.axis = axis
+        y = _shifted(x, axis)
+        y -= xp.log(xp.exp(y).sum(axis=axis, keepdims=True))
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        xp = backend.array_module(y)
+        return g - xp.exp(y) * g.sum(axis=self.axis, keepdims=True), None
+
+
+class Softmax(Function):
+    def forward(self, x, axis):
+        _check_axis("softmax", x, axis)
+        xp = backend.array_module(x)
+        self.axis = axis
+        y = _shifted(x, axis)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        return y * (g - (g * y).sum(axis=self.axis, keepdims=True)), None
+
+
+def log_softmax(x, axis=-1):
+    """log(softmax(x)) along ``axis``, computed without forming softmax (no log(0))."""
+    return LogSoftmax.apply(x, axis)
+
+
+def softmax(x, axis=-1):
+    """exp(x) / sum(exp(x)) along ``axis``, shifted by the max so it never overflows."""
+    return Softmax.apply(x, axis)

@@ -1,0 +1,326 @@
+"""Losses and the softmax family: plain-loop references, float64 gradchecks, extreme logits,
+agreement with torch, and bad inputs, on every kernel mode."""
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import backend, ops
+from minidl.testing import nvrtc
+
+CU_FILE = os.path.join(os.path.dirname(minidl.__file__), "ops", "loss.cu")
+
+
+# -- references: plain loops in Python floats -------------------------------------------------
+
+def log_sum_exp(values):
+    m = max(values)
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def cross_entropy_reference(logits, labels):
+    """(loss, dloss/dlogits) in float64."""
+    n, k = logits.shape
+    loss, grad = 0.0, np.zeros((n, k))
+    for r in range(n):
+        row = [float(v) for v in logits[r]]
+        m = max(row)
+        total = sum(math.exp(v - m) for v in row)
+        # (m - x_label) first: with logits of 1e30, m + log(total) would round log(total) away
+        loss += (m - row[labels[r]]) + math.log(total)
+        for j in range(k):
+            grad[r, j] = (math.exp(row[j] - m) / total - (1.0 if j == labels[r] else 0.0)) / n
+    return loss / n, grad
+
+
+def bce_reference(logits, targets):
+    flat_x, flat_t = logits.reshape(-1).tolist(), targets.reshape(-1).tolist()
+    n = len(flat_x)
+    loss, grad = 0.0, np.zeros(n)
+    for i, (x, t) in enumerate(zip(flat_x, flat_t)):
+        # -t log s(x) - (1 - t) log(1 - s(x)), with log s(x) = -log(1 + e^-x) done stably
+        log_s = -log_sum_exp([0.0, -x])
+        log_one_minus_s = -log_sum_exp([0.0, x])
+        loss += -t * log_s - (1 - t) * log_one_minus_s
+        grad[i] = (math.exp(log_s) - t) / n
+    return loss / n, grad.reshape(logits.shape)
+
+
+def softmax_reference(x, axis):
+    moved = np.moveaxis(x.astype(np.float64), axis, -1)
+    out = np.empty(moved.shape)
+    for index in np.ndindex(moved.shape[:-1]):
+        row = moved[index].tolist()
+        lse = log_sum_exp(row)
+        out[index] = [v - lse for v in row]
+    return np.moveaxis(out, -1, axis)  # log-softmax
+
+
+# -- softmax cross-entropy --------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, k", [(1, 1), (1, 5), (7, 3), (16, 10)])
+def test_cross_entropy_matches_loop(kernels, dtype, n, k):
+    rng = np.random.default_rng(0)
+    logits = (3 * rng.standard_normal((n, k))).astype(dtype)
+    labels = rng.integers(0, k, n)
+    x = kernels.tensor(logits, requires_grad=True)
+    loss = ops.softmax_cross_entropy(x, labels)
+    loss.backward()
+    expected_loss, expected_grad = cross_entropy_reference(logits, labels)
+    assert loss.shape == () and loss.dtype == dtype and x.grad.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss.item(), expected_loss, rtol=tol, atol=tol)
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (5, 4), (3, 17)])
+def test_cross_entropy_gradcheck(kernels, n, k):
+    rng = np.random.default_rng(1)
+    x = kernels.tensor(rng.standard_normal((n, k)), requires_grad=True)
+    labels = rng.integers(0, k, n)
+    assert minidl.gradcheck(lambda t: ops.softmax_cross_entropy(t, labels), [x])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e4, 1e30])
+def test_cross_entropy_with_huge_logits_is_finite_and_right(kernels, dtype, scale):
+    logits = np.array([[1, 0, -1], [0, 1, 0.5], [-1, -1, -1], [1, 0.999, -1]], dtype=dtype) * dtype(scale)
+    labels = np.array([0, 2, 1, 1])
+    x = kernels.tensor(logits, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = ops.softmax_cross_entropy(x, labels)
+        loss.backward()
+    expected_loss, expected_grad = cross_entropy_reference(logits.astype(np.float64), labels)
+    assert np.isfinite(loss.item()) and np.isfinite(kernels.numpy(x.grad)).all()
+    np.testing.assert_allclose(loss.item(), expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_cross_entropy_scales_with_the_incoming_gradient_and_backward_repeats(kernels):
+    rng = np.random.default_rng(2)
+    logits, labels = rng.standard_normal((4, 6)), rng.integers(0, 6, 4)
+    x = kernels.tensor(logits, requires_grad=True)
+    loss = ops.softmax_cross_entropy(x, labels) * 3.0
+    loss.backward(retain_graph=True)
+    first = kernels.numpy(x.grad).copy()
+    loss.backward()  # the saved arrays were not changed by the first backward
+    _, expected = cross_entropy_reference(logits, labels)
+    np.testing.assert_allclose(first, 3 * expected, rtol=1e-12)
+    np.testing.assert_allclose(kernels.numpy(x.grad), 6 * expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make_labels", [
+    lambda a: a, lambda a: a.astype(np.uint8), lambda a: a.astype(np.int32), lambda a: a.tolist(),
+    lambda a: minidl.Tensor(a),
+], ids=["int64", "uint8", "int32", "list", "tensor"])
+def test_cross_entropy_label_forms(kernels, make_labels):
+    rng = np.random.default_rng(3)
+    logits, labels = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    loss = ops.softmax_cross_entropy(kernels.tensor(logits), make_labels(labels))
+    np.testing.assert_allclose(loss.item(), cross_entropy_reference(logits, labels)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_matches_torch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    logits = (5 * rng.standard_normal((32, 10))).astype(dtype)
+    logits[0] = [1e4, -1e4] * 5  # extreme rows too
+    labels = rng.integers(0, 10, 32)
+    for shim in (False, True):
+        with backend.cuda_kernels_on_cpu() if shim else _nothing():
+            x = minidl.Tensor(logits, requires_grad=True)
+            loss = ops.softmax_cross_entropy(x, labels)
+            loss.backward()
+        t = torch.tensor(logits, requires_grad=True)
+        expected = torch.nn.functional.cross_entropy(t, torch.tensor(labels))
+        expected.backward()
+        tol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(loss.item(), expected.item(), rtol=tol)
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=tol, atol=tol)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_cross_entropy_bad_inputs():
+    logits = minidl.Tensor(np.zeros((3, 4), dtype=np.float32))
+    op = "softmax_cross_entropy"
+    with pytest.raises(TypeError, match=f"{op}: logits has dtype int64; expected float32 or float64"):
+        ops.softmax_cross_entropy(minidl.Tensor(np.zeros((3, 4), dtype=np.int64)), [0, 1, 2])
+    with pytest.raises(TypeError, match=f"{op}: logits has dtype float16"):
+        ops.softmax_cross_entropy(logits.astype(np.float16), [0, 1, 2])
+    with pytest.raises(ValueError, match=rf"{op}: logits must be 2-D \(N examples, K classes\)"):
+        ops.softmax_cross_entropy(minidl.Tensor(np.zeros(4, dtype=np.float32)), [0])
+    with pytest.raises(ValueError, match=rf"{op}: labels must lie in \[0, 3\] for 4 classes, got values from 0 to 4"):
+        ops.softmax_cross_entropy(logits, [0, 4, 1])
+    with pytest.raises(ValueError, match=rf"{op}: labels must lie in \[0, 3\].*from -1 to 2"):
+        ops.softmax_cross_entropy(logits, [0, -1, 2])
+    with pytest.raises(TypeError, match=f"{op}: labels must be integers .* got dtype float64"):
+        ops.softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=rf"{op}: expected 3 labels \(one per example\), got shape \(2,\)"):
+        ops.softmax_cross_entropy(logits, [0, 1])
+    with pytest.raises(ValueError, match=f"{op}: logits of shape \\(0, 4\\) are empty"):
+        ops.softmax_cross_entropy(minidl.Tensor(np.zeros((0, 4), dtype=np.float32)), [])
+
+
+# -- binary cross-entropy with logits ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (5, 10), (2, 3, 4)])
+def test_bce_matches_loop(kernels, dtype, shape):
+    rng = np.random.default_rng(5)
+    logits = (4 * rng.standard_normal(shape)).astype(dtype)
+    targets = rng.random(shape).astype(dtype)
+    targets.reshape(-1)[::3] = np.round(targets.reshape(-1)[::3])  # hard 0/1 targets too
+    x = kernels.tensor(logits, requires_grad=True)
+    loss = ops.binary_cross_entropy_with_logits(x, kernels.tensor(targets))
+    loss.backward()
+    expected_loss, expected_grad = bce_reference(logits, targets)
+    assert loss.shape == () and loss.dtype == dtype and x.grad.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(loss.item(), expected_loss, rtol=tol)
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(1,), (4, 10), (2, 3, 2)])
+def test_bce_gradcheck_for_logits_and_targets(kernels, shape):
+    rng = np.random.default_rng(6)
+    x = kernels.tensor(3 * rng.standard_normal(shape), requires_grad=True)
+    t = kernels.tensor(rng.random(shape), requires_grad=True)
+    assert minidl.gradcheck(ops.binary_cross_entropy_with_logits, [x, t])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_with_huge_logits_is_finite_and_right(kernels, dtype):
+    logits = np.array([1e4, -1e4, 1e4, -1e4, 100, -100, 0, 1e30, -1e30], dtype=dtype)
+    targets = np.array([1, 0, 0, 1, 0.5, 0.5, 0.5, 1, 1], dtype=dtype)
+    x = kernels.tensor(logits, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = ops.binary_cross_entropy_with_logits(x, kernels.tensor(targets))
+        loss.backward()
+    expected_loss, expected_grad = bce_reference(logits.astype(np.float64), targets.astype(np.float64))
+    np.testing.assert_allclose(loss.item(), expected_loss, rtol=1e-6)
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_matches_torch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    logits = (6 * rng.standard_normal((50, 10))).astype(dtype)  # EuroNet: 10 sigmoid outputs
+    logits[0, :4] = [1e4, -1e4, 50, -50]
+    targets = np.eye(10, dtype=dtype)[rng.integers(0, 10, 50)]
+    for shim in (False, True):
+        with backend.cuda_kernels_on_cpu() if shim else _nothing():
+            x = minidl.Tensor(logits, requires_grad=True)
+            loss = ops.binary_cross_entropy_with_logits(x, targets)
+            loss.backward()
+        t = torch.tensor(logits, requires_grad=True)
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(t, torch.tensor(targets))
+        expected.backward()
+        tol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(loss.item(), expected.item(), rtol=tol)
+        np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=tol, atol=tol)
+
+
+def test_bce_plain_array_targets_are_converted(kernels):
+    logits = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
+    one_hot_int = np.eye(4, dtype=np.int64)[[0, 3, 1]]
+    a = ops.binary_cross_entropy_with_logits(kernels.tensor(logits), one_hot_int)
+    b = ops.binary_cross_entropy_with_logits(kernels.tensor(logits), one_hot_int.astype(np.float64))
+    c = ops.binary_cross_entropy_with_logits(kernels.tensor(logits),
+                                             kernels.tensor(one_hot_int.astype(np.float32)))
+    assert a.dtype == np.float32
+    assert a.item() == b.item() == c.item()
+
+
+def test_bce_bad_inputs():
+    op = "binary_cross_entropy_with_logits"
+    logits = minidl.Tensor(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=rf"{op}: targets must have the shape of the logits, \(2, 3\), got \(3, 2\)"):
+        ops.binary_cross_entropy_with_logits(logits, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=rf"{op}: targets must lie in \[0, 1\]"):
+        ops.binary_cross_entropy_with_logits(logits, np.full((2, 3), 2.0))
+    with pytest.raises(TypeError, match=f"{op}: logits has dtype int64; expected float32 or float64"):
+        ops.binary_cross_entropy_with_logits(minidl.Tensor(np.zeros((2, 3), dtype=np.int64)), np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=f"{op}: logits has dtype float16"):
+        ops.binary_cross_entropy_with_logits(logits.astype(np.float16), np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=f"{op}: inputs must share one dtype, but logits is float32, targets is float64"):
+        ops.binary_cross_entropy_with_logits(logits, minidl.Tensor(np.zeros((2, 3))))
+    with pytest.raises(TypeError, match=f"{op}: targets must be numbers"):
+        ops.binary_cross_entropy_with_logits(logits, np.full((2, 3), "a"))
+
+
+# -- softmax and log-softmax ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis", [((4, 7), -1), ((4, 7), 0), ((2, 3, 5), 1), ((6,), 0)])
+def test_log_softmax_and_softmax_match_loop(kernels, dtype, shape, axis):
+    x = (3 * np.random.default_rng(9).standard_normal(shape)).astype(dtype)
+    expected = softmax_reference(x, axis)
+    log_y = ops.log_softmax(kernels.tensor(x), axis=axis)
+    y = ops.softmax(kernels.tensor(x), axis=axis)
+    assert log_y.dtype == dtype and y.dtype == dtype
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(kernels.numpy(log_y), expected, rtol=tol, atol=tol)
+    np.testing.assert_allclose(kernels.numpy(y), np.exp(expected), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 4), -1), ((3, 4), 0), ((2, 3, 2), 1)])
+def test_log_softmax_and_softmax_gradcheck(kernels, shape, axis):
+    x = kernels.tensor(np.random.default_rng(10).standard_normal(shape), requires_grad=True)
+    assert minidl.gradcheck(lambda t: ops.log_softmax(t, axis), [x])
+    assert minidl.gradcheck(lambda t: ops.softmax(t, axis), [x])
+
+
+def test_softmax_with_huge_inputs(kernels):
+    x = np.array([[1e4, 0, -1e4], [1e30, 1e30, -1e30]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = kernels.numpy(ops.softmax(kernels.tensor(x)))
+        log_y = kernels.numpy(ops.log_softmax(kernels.tensor(x)))
+    np.testing.assert_allclose(y, [[1, 0, 0], [0.5, 0.5, 0]], atol=1e-7)
+    np.testing.assert_allclose(log_y, [[0, -1e4, -2e4], [-math.log(2), -math.log(2), -2e30]], rtol=1e-6)
+
+
+def test_cross_entropy_equals_negative_log_softmax_at_the_label(kernels):
+    rng = np.random.default_rng(11)
+    logits, labels = rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
+    loss = ops.softmax_cross_entropy(kernels.tensor(logits), labels).item()
+    log_p = kernels.numpy(ops.log_softmax(kernels.tensor(logits)))
+    np.testing.assert_allclose(loss, -log_p[np.arange(6), labels].mean(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("op, name", [(ops.softmax, "softmax"), (ops.log_softmax, "log_softmax")])
+def test_softmax_bad_inputs(op, name):
+    with pytest.raises(TypeError, match=f"{name}: input has dtype int64"):
+        op(minidl.Tensor(np.zeros((2, 3), dtype=np.int64)))
+    with pytest.raises(TypeError, match=f"{name}: input has dtype float16"):
+        op(minidl.Tensor(np.zeros((2, 3), dtype=np.float16)))
+    with pytest.raises(ValueError, match=rf"{name}: axis must be an integer in \[-2, 1\] .* got 2"):
+        op(minidl.Tensor(np.zeros((2, 3), dtype=np.float32)), axis=2)
+    with pytest.raises(ValueError, match=f"{name}: axis 1 of shape \\(2, 0\\) is empty"):
+        op(minidl.Tensor(np.zeros((2, 0), dtype=np.float32)), axis=1)
+
+
+@pytest.mark.skipif(not nvrtc.available(), reason="NVRTC not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_cu_compiles_with_nvrtc(dtype):
+    ptx = nvrtc.compile_file(CU_FILE, dtype)
+    for name in ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+                 "bce_with_logits_forward", "bce_with_logits_backward"):
+        assert f".entry {name}(" in ptx
+    if dtype == np.float32:
+        assert ".f64" not in ptx, "the float32 kernels compute in double somewhere"
