@@ -1,0 +1,155 @@
+"""Checkpoints: nested state (dicts, lists, numbers, strings, arrays) in one ``.npz`` file.
+
+``save(path, model=..., optimizer=..., epoch=3)`` writes; ``load(path)`` gives the same
+structure back, every array as a NumPy array -- so a checkpoint written on the GPU loads on a
+machine without one, and ``Module.load_state_dict`` moves the values to wherever the model is.
+
+The format: each array is stored as its own ``.npy`` member of the zip (``a0``, ``a1``, ...);
+everything else is a JSON text (member ``tree``) in which an array appears as
+``{"__array__": index}``. Loading uses ``allow_pickle=False``, so opening a checkpoint never
+runs code from it.
+
+Writing is atomic: the file is written under a temporary name in the same folder, flushed to
+the disk (``fsync``) and then renamed over the old one (``os.replace``). A crash at any moment
+leaves either the old checkpoint or the new one, never half a file.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend
+
+FORMAT = "minidl-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+def _encode(value, arrays):
+    """``value`` as JSON-able data; arrays are appended to ``arrays`` and referenced by index."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        arrays.append(np.ascontiguousarray(backend.to_numpy(value)))
+        return {"__array__": len(arrays) - 1}
+    if hasattr(value, "data") and hasattr(value, "requires_grad"):  # a Tensor
+        return _encode(value.data, arrays)
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, arrays) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(k.startswith("__") and k.endswith("__")
+                                                              for k in value):
+            return {k: _encode(v, arrays) for k, v in value.items()}
+        # Keys that JSON cannot hold (ints, tuples) or that look like our markers.
+        return {"__items__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    raise TypeError(f"checkpoint.save: cannot store a {type(value).__name__} ({value!r:.80}); "
+                    "store arrays, numbers, strings, None, and lists/tuples/dicts of them")
+
+
+def _decode(value, arrays):
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if "__array__" in value:
+            return arrays[value["__array__"]]
+        if "__tuple__" in value:
+            return tuple(_decode(v, arrays) for v in value["__tuple__"])
+        if "__items__" in value:
+            return {_hashable(_decode(k, arrays)): _decode(v, arrays) for k, v in value["__items__"]}
+        return {k: _decode(v, arrays) for k, v in value.items()}
+    return value
+
+
+def _hashable(key):
+    return tuple(_hashable(k) for k in key) if isinstance(key, (list, tuple)) else key
+
+
+def _fsync_folder(folder):
+    """Make the rename itself durable (POSIX); harmless to skip where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(path, **state):
+    """Write ``state`` (keyword arguments: nested dicts/lists/tuples of arrays, numbers,
+    strings, None) to ``path`` atomically. CuPy arrays are copied to NumPy first."""
+    path = os.fspath(path)
+    arrays = []
+    tree = {"format": FORMAT, "version": VERSION, "state": _encode(state, arrays)}
+    members = {f"a{i}": a for i, a in enumerate(arrays)}
+    members["tree"] = np.frombuffer(json.dumps(tree).encode("utf-8"), dtype=np.uint8)
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_npz(f, members)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(folder)
+    return path
+
+
+def _write_npz(file, members):
+    # A separate function so a test can make it fail half-way, as a crash would.
+    np.savez(file, **members)
+
+
+def load(path):
+    """Read a checkpoint written by ``save``; every array comes back as a NumPy array.
+
+    Raises ``FileNotFoundError`` if there is no such file and ``CheckpointError`` (naming the
+    file) if it cannot be read.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "tree" not in npz.files:
+                raise CheckpointError(f"checkpoint {path!r} is not a minidl checkpoint "
+                                      f"(it holds {sorted(npz.files)[:5]}, no 'tree')")
+            tree = json.loads(npz["tree"].tobytes().decode("utf-8"))
+            if not isinstance(tree, dict) or tree.get("format") != FORMAT:
+                raise CheckpointError(f"checkpoint {path!r} is not a minidl checkpoint")
+            if tree.get("version") != VERSION:
+                raise CheckpointError(f"checkpoint {path!r} has format version {tree.get('version')}; "
+                                      f"this minidl reads version {VERSION}")
+            count = sum(1 for name in npz.files if name != "tree")
+            arrays = [npz[f"a{i}"] for i in range(count)]
+            return _decode(tree["state"], arrays)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError, UnicodeDecodeError,
+            zipfile.LargeZipFile) as error:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated and cannot be read "
+                              f"({type(error).__name__}: {error}); delete it or restore a copy") from error
