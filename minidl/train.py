@@ -21,6 +21,7 @@ Errors are fractions (0.25 = 25 %). A metric is a function ``metric(scores, labe
 of a batch, where ``scores = predict(outputs)``: by default the softmax of the model's outputs,
 for a sigmoid model such as EuroNet pass ``predict=sigmoid`` and ``metrics=(binary_error,)``.
 """
+import inspect
 import json
 import math
 import os
@@ -326,8 +327,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     restored, so the continued run is bitwise the uninterrupted one.
 
     ``max_steps`` stops after that many optimiser steps in all (a smoke test). A stop inside an
-    epoch is checkpointed with its position; resuming skips the batches already used (the
-    loader is iterated again up to that point, so its order must depend on ``set_epoch`` only).
+    epoch is checkpointed with its position; resuming skips the batches already used: through
+    ``set_epoch(epoch, batch=k)`` where the loader offers it (``minidl.data.DataLoader``),
+    else by iterating the loader up to that point (so its order must depend on the epoch only).
 
     ``monitor`` (lower is better) decides ``best.npz``, early stopping and the argument to a
     ``ReduceLROnPlateau``: by default the validation error of the first metric, or the
@@ -485,6 +487,18 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
             "monitor": monitor, "step": run["step"], "stopped_early": stopped_early}
 
 
+def _can_start_at_batch(loader):
+    """Does ``loader.set_epoch`` take ``batch=`` (start the epoch at that batch), as
+    ``minidl.data.DataLoader``'s does?"""
+    set_epoch = getattr(loader, "set_epoch", None)
+    if set_epoch is None:
+        return False
+    try:
+        return "batch" in inspect.signature(set_epoch).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _train_epoch(model, loss_fn, optimizer, loader, run, epoch, epochs, device, dtype,
                  named_metrics, predict, max_steps, batches_per_epoch, progress):
     """One pass over ``loader`` (or the rest of one, after a mid-epoch stop); updates
@@ -495,12 +509,16 @@ def _train_epoch(model, loss_fn, optimizer, loader, run, epoch, epochs, device, 
                                 **{name: 0.0 for name in names}}
     totals = dict(totals)
     skip = totals["batches"]
+    first = 0
+    if skip and _can_start_at_batch(loader):
+        loader.set_epoch(epoch, batch=skip)  # the loader jumps there without decoding the rest
+        first = skip
     bar = tqdm(total=batches_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
                unit="batch", leave=False, disable=not (progress and sys.stderr.isatty()))
     complete = True
     start = time.perf_counter()
     try:
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(loader, start=first):
             if index < skip:
                 continue  # already trained on before the stop this run resumes from
             if max_steps is not None and run["step"] >= max_steps:

@@ -334,6 +334,40 @@ def test_max_steps_stops_inside_an_epoch_and_resume_finishes_it(tmp_path):
     assert [r["epoch"] for r in lines] == [1, 2, 3]  # the partial line was replaced
 
 
+class StartableLoader(ArrayLoader):
+    """An ArrayLoader whose epoch can start at a given batch (as minidl.data.DataLoader's can);
+    counts the batches it makes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start, self.made = 0, 0
+
+    def set_epoch(self, epoch, batch=0):
+        self.epoch, self.start = epoch, batch
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        for index, batch in enumerate(super().__iter__()):
+            if index >= start:
+                self.made += 1
+                yield batch
+
+
+def test_mid_epoch_resume_starts_a_startable_loader_at_the_right_batch(tmp_path):
+    model, opt, sched, train, val = make_run(loader_cls=StartableLoader)
+    fit(model, cross_entropy, opt, train, 2, val_loader=val, scheduler=sched, progress=False)
+    uninterrupted = params_of(model)
+
+    model, opt, sched, train, val = make_run(loader_cls=StartableLoader)
+    fit(model, cross_entropy, opt, train, 2, val_loader=val, scheduler=sched, out_dir=tmp_path,
+        max_steps=13, progress=False)
+    model, opt, sched, train, val = make_run(seed=4, loader_cls=StartableLoader)
+    fit(model, cross_entropy, opt, train, 2, val_loader=val, scheduler=sched, out_dir=tmp_path,
+        resume=True, progress=False)
+    assert train.made == 3  # batches 6, 7, 8 of epoch 2 only: nothing re-made to be skipped
+    assert_bitwise_equal(params_of(model), uninterrupted)
+
+
 def test_resume_errors(tmp_path):
     model, opt, sched, train, val = make_run()
     with pytest.raises(ValueError, match="fit: resume=True needs out_dir"):
