@@ -1,0 +1,231 @@
+"""Batches from a dataset: seeded shuffling, background decoding, exact resume.
+
+A dataset is anything with ``len(dataset)`` and ``dataset[i] -> (image, label)``. Datasets that
+draw random numbers (random crops, flips, colour noise) also offer ``dataset.get(i, rng)``; the
+loader calls it with a generator derived from (seed, epoch, index) -- never from a shared,
+stateful generator -- so sample ``i`` of epoch ``e`` is the same array whichever thread made it
+and in whatever order the threads finished. That is what makes ``num_workers=2`` give exactly
+the batches of ``num_workers=0``, and a resumed run give exactly the batches of an unbroken one.
+"""
+import collections
+import concurrent.futures
+import math
+
+import numpy as np
+
+
+class SkippedSample(Exception):
+    """Raised by a dataset for a sample it cannot produce (an undecodable file). The dataset has
+    already warned and recorded it; the DataLoader leaves the sample out of its batch."""
+
+
+def sample_rng(seed, epoch, index):
+    """The generator for sample ``index`` in epoch ``epoch``: independent streams for every
+    (seed, epoch, index), by NumPy's SeedSequence spawn keys."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(1, int(epoch), int(index))))
+
+
+def epoch_order(length, seed, epoch, shuffle=True):
+    """The order in which an epoch visits the samples: a permutation drawn from (seed, epoch),
+    so each epoch differs and any epoch can be recomputed; ``arange`` without shuffling."""
+    if not shuffle:
+        return np.arange(length)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0, int(epoch))))
+    return rng.permutation(length)
+
+
+def load_sample(dataset, index, rng):
+    """``dataset.get(index, rng)`` where the dataset has it, else ``dataset[index]``."""
+    get = getattr(dataset, "get", None)
+    if callable(get):
+        return get(index, rng)
+    return dataset[index]
+
+
+class ArrayDataset:
+    """In-memory samples: ``images`` (N, C, H, W) and ``labels`` (N,), with an optional transform."""
+
+    def __init__(self, images, labels, transform=None):
+        self.images = np.asarray(images)
+        self.targets = np.asarray(labels, dtype=np.int64)
+        if self.images.ndim != 4 or self.targets.shape != (self.images.shape[0],):
+            raise ValueError(f"ArrayDataset: expected images (N, C, H, W) and labels (N,), got "
+                             f"{self.images.shape} and {self.targets.shape}")
+        self.transform = transform
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def get(self, index, rng):
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image, rng)
+        return image, int(self.targets[index])
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"ArrayDataset: index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        return self.get(index, sample_rng(0, 0, index))
+
+
+class Subset:
+    """The samples ``indices`` of ``dataset``, optionally with a transform of its own applied
+    after the dataset's (e.g. the train split with augmentation and the test split without)."""
+
+    def __init__(self, dataset, indices, transform=None):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    @property
+    def targets(self):
+        base = getattr(self.dataset, "targets", None)
+        if base is None:
+            raise AttributeError("Subset.targets: the underlying dataset has no .targets")
+        return np.asarray(base)[self.indices]
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    def get(self, index, rng):
+        image, label = load_sample(self.dataset, int(self.indices[index]), rng)
+        if self.transform is not None:
+            image = self.transform(image, rng)
+        return image, label
+
+    def __getitem__(self, index):
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"Subset: index {index} out of range for {len(self)} samples")
+        index %= len(self)
+        return self.get(index, sample_rng(0, 0, index))
+
+
+def collate(samples):
+    """[(image, label), ...] -> (images float32 (N, ...), labels int64 (N,))."""
+    images = np.stack([np.asarray(image) for image, _ in samples]).astype(np.float32, copy=False)
+    labels = np.asarray([label for _, label in samples], dtype=np.int64)
+    return images, labels
+
+
+class DataLoader:
+    """Iterate over ``dataset`` in batches of NumPy arrays ``(images, labels)``.
+
+    images: float32 (N, C, H, W) (or (N, 10, C, H, W) with a TenCrop transform); labels: int64 (N,).
+
+    * ``shuffle``: each epoch visits the samples in a fresh permutation drawn from
+      (``seed``, epoch); without it, in dataset order.
+    * Epochs: iterating the loader runs epoch ``self.epoch``; a completed pass advances it by
+      one, so ``for epoch in ...: for images, labels in loader:`` sees a new order every epoch.
+      ``set_epoch(e)`` jumps to epoch ``e`` (call it every epoch if you prefer to be explicit).
+    * Randomness per sample (crops, flips, colour noise) comes from ``sample_rng(seed, epoch,
+      index)``, so the batches do not depend on ``num_workers`` or thread timing.
+    * ``num_workers`` threads decode and transform samples in the background (Pillow and
+      NumPy release the GIL); up to ``prefetch_batches`` batches beyond the one being consumed
+      are in flight. ``num_workers=0`` does everything in the calling thread.
+    * Resume: ``state_dict()`` -> {"seed", "epoch", "batch"} says which batch comes next;
+      ``load_state_dict`` on a fresh loader makes its next iteration continue from exactly
+      there. Otherwise every iteration starts at batch 0 of ``self.epoch``, so peeking with
+      ``next(iter(loader))`` does not eat the first batch of the epoch.
+    * A sample whose dataset raises ``SkippedSample`` (an undecodable file) is left out of its
+      batch, which is then one shorter.
+
+    Not for two simultaneous iterations of the same loader.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle=False, seed=0, num_workers=2, drop_last=False,
+                 prefetch_batches=2, collate_fn=collate):
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
+        if int(num_workers) != num_workers or num_workers < 0:
+            raise ValueError(f"DataLoader: num_workers must be a non-negative integer, got {num_workers!r}")
+        if int(prefetch_batches) != prefetch_batches or prefetch_batches < 0:
+            raise ValueError(f"DataLoader: prefetch_batches must be a non-negative integer, got {prefetch_batches!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.drop_last = bool(drop_last)
+        self.prefetch_batches = int(prefetch_batches)
+        self.collate_fn = collate_fn
+        self.epoch = 0
+        self._start_batch = 0  # where the next iteration starts (set only by set_epoch / load_state_dict)
+        self._position = 0     # the batch of self.epoch that comes next, for state_dict
+
+    def __len__(self):
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch, batch=0):
+        """Run epoch ``epoch`` next, starting at its batch ``batch``."""
+        if int(epoch) != epoch or epoch < 0 or int(batch) != batch or batch < 0:
+            raise ValueError(f"DataLoader.set_epoch: epoch and batch must be non-negative integers, "
+                             f"got {epoch!r}, {batch!r}")
+        self.epoch, self._start_batch, self._position = int(epoch), int(batch), int(batch)
+
+    def state_dict(self):
+        """Where the loader stands: the epoch and the batch within it that comes next."""
+        if self._position >= len(self):  # the last batch was consumed: next is a new epoch
+            return {"seed": self.seed, "epoch": self.epoch + 1, "batch": 0}
+        return {"seed": self.seed, "epoch": self.epoch, "batch": self._position}
+
+    def load_state_dict(self, state):
+        self.seed = int(state["seed"])
+        self.set_epoch(state["epoch"], state.get("batch", 0))
+
+    def batch_indices(self, epoch=None):
+        """The dataset indices of every batch of an epoch (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
+        return [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+
+    def _load(self, index, epoch):
+        try:
+            return load_sample(self.dataset, int(index), sample_rng(self.seed, epoch, index))
+        except SkippedSample:
+            return None
+
+    def _collate(self, samples):
+        samples = [s for s in samples if s is not None]
+        return self.collate_fn(samples) if samples else None
+
+    def __iter__(self):
+        epoch, start = self.epoch, self._start_batch
+        self._start_batch, self._position = 0, start
+        batches = self.batch_indices(epoch)
+        if self.num_workers == 0:
+            for b in range(start, len(batches)):
+                batch = self._collate([self._load(i, epoch) for i in batches[b]])
+                self._position = b + 1
+                if batch is not None:
+                    yield batch
+        else:
+            yield from self._iter_threaded(epoch, batches, start)
+        self.epoch, self._position = epoch + 1, 0
+
+    def _iter_threaded(self, epoch, batches, start):
+        pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="minidl-data")
+        pending = collections.deque()  # one list of per-sample futures per batch, in order
+        submitted = start
+        try:
+            for b in range(start, len(batches)):
+                # Keep the batch being consumed plus prefetch_batches more in flight.
+                while submitted < len(batches) and submitted <= b + self.prefetch_batches:
+                    pending.append([pool.submit(self._load, i, epoch) for i in batches[submitted]])
+                    submitted += 1
+                batch = self._collate([f.result() for f in pending.popleft()])
+                self._position = b + 1
+                if batch is not None:
+                    yield batch
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __repr__(self):
+        return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, batch_size={self.batch_size}, "
+                f"shuffle={self.shuffle}, seed={self.seed}, num_workers={self.num_workers}, "
+                f"drop_last={self.drop_last}, epoch={self.epoch})")
