@@ -19,7 +19,8 @@ state saved too.
 
 Errors are fractions (0.25 = 25 %). A metric is a function ``metric(scores, labels) -> error``
 of a batch, where ``scores = predict(outputs)``: by default the softmax of the model's outputs,
-for a sigmoid model such as EuroNet pass ``predict=sigmoid`` and ``metrics=(binary_error,)``.
+for a sigmoid model such as EuroNet pass ``predict=sigmoid``, ``metrics=(binary_error, top1)``
+and ``loss_fn=with_one_hot(ops.binary_cross_entropy_with_logits)``.
 """
 import inspect
 import json
@@ -116,6 +117,23 @@ def binary_error(scores, labels, threshold=0.5):
 
 
 binary_error.name = "binary"
+
+
+def one_hot(labels, num_classes, dtype=np.float32):
+    """Class indices (N,) -> 0/1 rows (N, num_classes), on the labels' device."""
+    xp = backend.array_module(labels)
+    return (xp.arange(num_classes)[None, :] == labels[:, None]).astype(dtype)
+
+
+def with_one_hot(loss_fn):
+    """Wrap a loss that wants 0/1 targets (``ops.binary_cross_entropy_with_logits``) so it takes
+    the class indices a loader yields: EuroNet's sigmoid outputs are trained this way."""
+    def loss(outputs, labels):
+        if labels.ndim == 1:
+            labels = one_hot(labels, outputs.shape[1], outputs.dtype)
+        return loss_fn(outputs, labels)
+    loss.__name__ = f"{getattr(loss_fn, '__name__', 'loss')}_one_hot"
+    return loss
 
 
 def _metric_functions(metrics):
