@@ -66,29 +66,48 @@ def _parse_options(x_shape, kernel_size, stride, padding):
 
 # -- CPU kernels (Numba) ------------------------------------------------------------------------
 
+@njit(inline="always", cache=True)
+def _window_max(plane, h_lo, h_hi, w_lo, w_hi, nan_wins):
+    # First maximum of plane[h_lo:h_hi, w_lo:w_hi] in scan order (rows, then columns: the
+    # strict '>' keeps the earliest). With nan_wins, 'v != v' lets a NaN win as in PyTorch; it
+    # is a separate flag because that extra test makes the loop three times slower, and it is
+    # only needed for planes that hold a NaN.
+    width = plane.shape[1]
+    best = plane[h_lo, w_lo]
+    best_at = h_lo * width + w_lo
+    for h in range(h_lo, h_hi):
+        for w in range(w_lo, w_hi):
+            v = plane[h, w]
+            if v > best or (nan_wins and v != v):
+                best = v
+                best_at = h * width + w
+    return best, best_at
+
+
 @njit(parallel=True, cache=True)
 def _forward_cpu_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw):
     # y[p, i, j] = max of x[p] over rows i*sh-ph ... +kh, columns j*sw-pw ... +kw, clipped to
     # the input (padding is -inf, and every window holds a real element). One prange
-    # iteration owns one (n, c) plane p. Scan order rows-then-columns with a strict '>' keeps
-    # the first maximum; 'v != v' lets a NaN win, as PyTorch does.
+    # iteration owns one (n, c) plane p.
     planes, height, width = x.shape
     out_h, out_w = y.shape[1], y.shape[2]
     for p in prange(planes):
+        plane = x[p]
+        has_nan = False
+        for h in range(height):
+            for w in range(width):
+                has_nan |= plane[h, w] != plane[h, w]
         for i in range(out_h):
             h0 = i * sh - ph
             h_lo, h_hi = max(h0, 0), min(h0 + kh, height)
             for j in range(out_w):
                 w0 = j * sw - pw
                 w_lo, w_hi = max(w0, 0), min(w0 + kw, width)
-                best = x[p, h_lo, w_lo]
-                best_at = h_lo * width + w_lo
-                for h in range(h_lo, h_hi):
-                    for w in range(w_lo, w_hi):
-                        v = x[p, h, w]
-                        if v > best or v != v:
-                            best = v
-                            best_at = h * width + w
+                # Literal flags, so the inlined loop is compiled once without the NaN test.
+                if has_nan:
+                    best, best_at = _window_max(plane, h_lo, h_hi, w_lo, w_hi, True)
+                else:
+                    best, best_at = _window_max(plane, h_lo, h_hi, w_lo, w_hi, False)
                 y[p, i, j] = best
                 argmax[p, i, j] = best_at
 
