@@ -449,3 +449,11 @@ def test_demo_imagenet_classes_not_separable_by_mean_colour():
     centroids = np.stack([features[train & (labels == c)].mean(axis=0) for c in range(4)])
     predicted = np.argmin(((features[~train, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
     assert np.mean(predicted == labels[~train]) < 0.45
+
+
+def test_demo_default_root_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDL_DATA", str(tmp_path))
+    root = data.make_demo_eurosat(per_class=1, classes=("Forest", "River"), verbose=False)
+    assert root == tmp_path / "demo-eurosat" and len(data.EuroSAT(root)) == 2
+    with pytest.raises(ValueError, match="make_demo_eurosat: unknown class"):
+        data.make_demo_eurosat(tmp_path / "x", classes=("Desert",))

@@ -33,6 +33,15 @@ from .eurosat import EUROSAT_CLASSES, FILE_BAND_ORDER, NATURAL_BAND_ORDER
 MARKER = ".minidl-demo.json"
 
 
+def default_root(name):
+    """Where a demo dataset goes when no folder is given: ``$MINIDL_DATA/<name>``, else
+    ``$XDG_CACHE_HOME/minidl/<name>`` (``~/.cache/minidl/<name>``)."""
+    if os.environ.get("MINIDL_DATA"):
+        return Path(os.environ["MINIDL_DATA"]) / name
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "minidl" / name
+
+
 def _announce(message, verbose):
     if verbose:
         print(f"minidl.data: {message}", file=sys.stderr, flush=True)
@@ -171,14 +180,16 @@ def demo_imagenet_image(class_name, rng, size=256):
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def make_demo_imagenet(root, num_classes=4, train_per_class=100, val_per_class=20, size=256, seed=0,
+def make_demo_imagenet(root=None, num_classes=4, train_per_class=100, val_per_class=20, size=256, seed=0,
                        verbose=True):
     """Write (once) a small ImageNet-style dataset; returns ``root`` (a Path).
 
     Layout: ``root/train/<class>/<class>_<k>.JPEG`` and ``root/val/<class>/val_<k>.JPEG``; the
     classes are the first ``num_classes`` (at most 8) of ``DEMO_IMAGENET_CLASSES``. Read it with
-    ``ImageFolder(root / "train")``. 256x256 JPEGs are ~15-25 kB each.
+    ``ImageFolder(root / "train")``. 256x256 JPEGs are ~15-25 kB each; 4 classes x 120 images
+    take ~5 s to write on one core. ``root=None``: ``default_root("demo-imagenet")``.
     """
+    root = default_root("demo-imagenet") if root is None else root
     names = list(DEMO_IMAGENET_CLASSES)
     if not 1 <= num_classes <= len(names):
         raise ValueError(f"make_demo_imagenet: num_classes must be between 1 and {len(names)}, got {num_classes}")
@@ -321,15 +332,16 @@ def demo_eurosat_image(class_name, rng, size=64):
     return np.clip(image[:, :, to_file_order] + 0.5, 0, 65535).astype(np.uint16)
 
 
-def make_demo_eurosat(root, per_class=100, seed=0, classes=EUROSAT_CLASSES, size=64, verbose=True):
+def make_demo_eurosat(root=None, per_class=100, seed=0, classes=EUROSAT_CLASSES, size=64, verbose=True):
     """Write (once) a EuroSAT-MS-like dataset: ``root/<Class>/<Class>_<k>.tif``; returns ``root``.
 
     ``per_class`` patches per class (the real dataset has 2,000-3,000); each file is an
     uncompressed 64x64x13 uint16 TIFF (~107 kB), like the real ones, without the geo-referencing
-    tags. Read it with ``EuroSAT(root)``.
+    tags. Read it with ``EuroSAT(root)``. ``root=None``: ``default_root("demo-eurosat")``.
     """
     import tifffile
 
+    root = default_root("demo-eurosat") if root is None else root
     classes = tuple(classes)
     unknown = [c for c in classes if c not in EUROSAT_CLASSES]
     if unknown:

@@ -124,9 +124,10 @@ class DataLoader:
       ``set_epoch(e)`` jumps to epoch ``e`` (call it every epoch if you prefer to be explicit).
     * Randomness per sample (crops, flips, colour noise) comes from ``sample_rng(seed, epoch,
       index)``, so the batches do not depend on ``num_workers`` or thread timing.
-    * ``num_workers`` threads decode and transform samples in the background (Pillow and
-      NumPy release the GIL); up to ``prefetch_batches`` batches beyond the one being consumed
-      are in flight. ``num_workers=0`` does everything in the calling thread.
+    * ``num_workers`` threads decode, transform and stack batches in the background (Pillow
+      and NumPy release the GIL), each thread a whole batch at a time; ``prefetch_batches``
+      batches beyond the one being consumed are in flight (at least ``num_workers`` in all),
+      which bounds the memory held. ``num_workers=0`` does everything in the calling thread.
     * Resume: ``state_dict()`` -> {"seed", "epoch", "batch"} says which batch comes next;
       ``load_state_dict`` on a fresh loader makes its next iteration continue from exactly
       there. Otherwise every iteration starts at batch 0 of ``self.epoch``, so peeking with
@@ -200,7 +201,7 @@ class DataLoader:
         batches = self.batch_indices(epoch)
         if self.num_workers == 0:
             for b in range(start, len(batches)):
-                batch = self._collate([self._load(i, epoch) for i in batches[b]])
+                batch = self._load_batch(batches[b], epoch)
                 self._position = b + 1
                 if batch is not None:
                     yield batch
@@ -208,17 +209,23 @@ class DataLoader:
             yield from self._iter_threaded(epoch, batches, start)
         self.epoch, self._position = epoch + 1, 0
 
+    def _load_batch(self, indices, epoch):
+        return self._collate([self._load(i, epoch) for i in indices])
+
     def _iter_threaded(self, epoch, batches, start):
+        # One task per batch: a worker decodes, transforms and stacks a whole batch, so even the
+        # stacking (and the first touch of the new batch's memory) stays off the main thread.
+        # Batches are taken in order; the threads work on the next ones meanwhile.
+        in_flight = max(self.num_workers, self.prefetch_batches + 1)
         pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="minidl-data")
-        pending = collections.deque()  # one list of per-sample futures per batch, in order
+        pending = collections.deque()
         submitted = start
         try:
             for b in range(start, len(batches)):
-                # Keep the batch being consumed plus prefetch_batches more in flight.
-                while submitted < len(batches) and submitted <= b + self.prefetch_batches:
-                    pending.append([pool.submit(self._load, i, epoch) for i in batches[submitted]])
+                while submitted < len(batches) and submitted < b + in_flight:
+                    pending.append(pool.submit(self._load_batch, batches[submitted], epoch))
                     submitted += 1
-                batch = self._collate([f.result() for f in pending.popleft()])
+                batch = pending.popleft().result()
                 self._position = b + 1
                 if batch is not None:
                     yield batch
