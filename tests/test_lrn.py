@@ -1,0 +1,200 @@
+"""local_response_norm: plain-loop references (forward and SPEC.md's backward formula), float64
+gradchecks, both conventions, PyTorch, bad inputs, on every kernel mode (Numba on the CPU, the
+CUDA C through the CPU shim, and a real GPU)."""
+import os
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import layers, ops
+from minidl.testing import nvrtc
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is only for comparisons
+    torch = None
+
+CU_FILE = os.path.join(os.path.dirname(minidl.__file__), "ops", "lrn.cu")
+
+# (input shape, size, beta): channels 6 so that windows clip at both channel edges; even and
+# odd sizes; size 1; a window wider than all the channels; beta 0.75 takes the CPU's
+# square-root path, the others its pow path.
+CONFIGS = [
+    ((2, 6, 3, 4), 5, 0.75),
+    ((2, 6, 3, 4), 3, 0.6),
+    ((1, 6, 2, 3), 4, 0.75),
+    ((1, 6, 2, 3), 2, 1.3),
+    ((2, 6, 1, 5), 1, 0.75),
+    ((1, 4, 3, 3), 9, 0.75),
+    ((1, 7, 2, 2), 6, 0.5),
+]
+IDS = [f"C{c[0][1]}-size{c[1]}-beta{c[2]}" for c in CONFIGS]
+
+
+def window(i, size, channels):
+    """Channels in the window of channel i: size//2 before, (size-1)//2 after, clipped."""
+    return range(max(0, i - size // 2), min(channels - 1, i + (size - 1) // 2) + 1)
+
+
+def lrn_reference(x, size, alpha, beta, k):
+    n, c, h, w = x.shape
+    y = np.empty(x.shape)
+    for b in range(n):
+        for i in range(c):
+            for r in range(h):
+                for q in range(w):
+                    s = k + alpha * sum(float(x[b, j, r, q]) ** 2 for j in window(i, size, c))
+                    y[b, i, r, q] = x[b, i, r, q] / s ** beta
+    return y
+
+
+def lrn_grad_reference(x, grad_y, size, alpha, beta, k):
+    """SPEC.md's formula: g[j] s[j]^-beta - 2 alpha beta a[j] sum_{i: j in window(i)} g[i] a[i] s[i]^(-beta-1)."""
+    n, c, h, w = x.shape
+    s = np.empty(x.shape)
+    for b in range(n):
+        for i in range(c):
+            for r in range(h):
+                for q in range(w):
+                    s[b, i, r, q] = k + alpha * sum(x[b, j, r, q] ** 2 for j in window(i, size, c))
+    grad_x = np.empty(x.shape)
+    for b in range(n):
+        for j in range(c):
+            for r in range(h):
+                for q in range(w):
+                    total = sum(grad_y[b, i, r, q] * x[b, i, r, q] * s[b, i, r, q] ** (-beta - 1)
+                                for i in range(c) if j in window(i, size, c))
+                    grad_x[b, j, r, q] = (grad_y[b, j, r, q] * s[b, j, r, q] ** -beta
+                                          - 2 * alpha * beta * x[b, j, r, q] * total)
+    return grad_x
+
+
+def alpha_for(size):
+    return 0.2 / size  # big enough that the sum of squares matters, with inputs ~ 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("convention", ["paper", "caffe"])
+@pytest.mark.parametrize("shape, size, beta", CONFIGS, ids=IDS)
+def test_forward_and_backward_match_loops(kernels, shape, size, beta, convention, dtype):
+    rng = np.random.default_rng(0)
+    x = (2 * rng.standard_normal(shape)).astype(dtype)
+    grad_y = rng.standard_normal(shape).astype(dtype)
+    alpha, k = alpha_for(size), 1.5
+    plain_alpha = alpha / size if convention == "caffe" else alpha
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.local_response_norm(t, size, alpha, beta, k, convention=convention)
+    assert y.dtype == dtype and y.shape == shape
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x64, size, plain_alpha, beta, k),
+                               rtol=tol, atol=tol)
+    y.backward(kernels.array(grad_y))
+    assert t.grad.dtype == dtype
+    expected = lrn_grad_reference(x64, grad_y.astype(np.float64), size, plain_alpha, beta, k)
+    np.testing.assert_allclose(kernels.numpy(t.grad), expected, rtol=5 * tol, atol=5 * tol)
+
+
+@pytest.mark.parametrize("convention", ["paper", "caffe"])
+@pytest.mark.parametrize("shape, size, beta", CONFIGS, ids=IDS)
+def test_gradcheck(kernels, shape, size, beta, convention):
+    x = 2 * np.random.default_rng(1).standard_normal(shape)
+    t = kernels.tensor(x, requires_grad=True)
+    assert minidl.gradcheck(
+        lambda a: ops.local_response_norm(a, size, alpha_for(size), beta, 1.5, convention=convention), [t])
+
+
+def test_pixels_split_across_tasks(kernels):
+    # One image with many pixels: the CPU splits the pixels between tasks, the last one short.
+    rng = np.random.default_rng(2)
+    x = 3 * rng.standard_normal((1, 5, 17, 37))
+    grad_y = rng.standard_normal(x.shape)
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.local_response_norm(t, 3, 0.05, 0.75, 2.0)
+    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x, 3, 0.05, 0.75, 2.0), rtol=1e-13)
+    y.backward(kernels.array(grad_y))
+    np.testing.assert_allclose(kernels.numpy(t.grad),
+                               lrn_grad_reference(x, grad_y, 3, 0.05, 0.75, 2.0), rtol=1e-12, atol=1e-13)
+
+
+def test_running_sums_do_not_drift(kernels):
+    # Huge activations enter and leave the window before small ones. A float32 running sum
+    # keeps rounding errors of order ulp(1e8) = 8 (here it ends at -256 instead of 3e-4, an
+    # error of 1% in s); the CPU kernel's float64 sums do not.
+    x = np.full((1, 64, 1, 3), 1e-2, np.float32)
+    x[0, :8] = 1e4 * (1 + np.random.default_rng(7).random((8, 1, 3)))
+    y = kernels.numpy(ops.local_response_norm(kernels.tensor(x), 5, 1e-4, 0.75, 2.0))
+    expected = lrn_reference(x.astype(np.float64), 5, 1e-4, 0.75, 2.0)
+    np.testing.assert_allclose(y, expected, rtol=2e-6)
+
+
+def test_no_grad_saves_nothing_and_gives_the_same_output(kernels):
+    x = np.random.default_rng(3).standard_normal((2, 6, 3, 3)).astype(np.float32)
+    with minidl.no_grad():
+        y0 = ops.local_response_norm(kernels.tensor(x, requires_grad=True), 5)
+    y1 = ops.local_response_norm(kernels.tensor(x, requires_grad=True), 5)
+    assert y0.creator is None
+    np.testing.assert_array_equal(kernels.numpy(y0), kernels.numpy(y1))
+
+
+def test_layer_uses_the_paper_form_by_default(kernels):
+    x = np.random.default_rng(4).standard_normal((1, 8, 2, 2)).astype(np.float32)
+    y = layers.LocalResponseNorm(5, alpha=0.1, beta=0.75, k=2.0)(kernels.tensor(x))
+    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x.astype(np.float64), 5, 0.1, 0.75, 2.0),
+                               rtol=2e-6)
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("convention", ["paper", "caffe"])
+@pytest.mark.parametrize("shape, size, beta", CONFIGS + [((2, 96, 5, 5), 5, 0.75)],
+                         ids=IDS + ["alexnet"])
+def test_matches_torch(kernels, shape, size, beta, convention):
+    rng = np.random.default_rng(5)
+    x, grad_y = 2 * rng.standard_normal(shape), rng.standard_normal(shape)
+    alpha = alpha_for(size)
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.local_response_norm(t, size, alpha, beta, 1.5, convention=convention)
+    y.backward(kernels.array(grad_y))
+    # torch divides alpha by size: the paper's alpha is torch's alpha / size.
+    torch_alpha = alpha * size if convention == "paper" else alpha
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.local_response_norm(tx, size, torch_alpha, beta, 1.5)
+    ty.backward(torch.tensor(grad_y))
+    np.testing.assert_allclose(kernels.numpy(y), ty.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(kernels.numpy(t.grad), tx.grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+def test_alexnet_constants_match_torch_layer_in_float32(kernels):
+    # SPEC.md: the paper's layer (alpha 1e-4) is torch.nn.LocalResponseNorm(5, alpha=5e-4).
+    x = np.maximum(20 * np.random.default_rng(6).standard_normal((2, 16, 6, 6)), 0).astype(np.float32)
+    y = ops.local_response_norm(kernels.tensor(x), 5, alpha=1e-4, beta=0.75, k=2.0)
+    expected = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(torch.tensor(x)).numpy()
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(kernels.numpy(y), expected, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not nvrtc.available(), reason="NVRTC not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_source_compiles_under_nvrtc(dtype):
+    ptx = nvrtc.compile_file(CU_FILE, dtype)
+    assert ".entry lrn_forward(" in ptx and ".entry lrn_backward(" in ptx
+
+
+@pytest.mark.parametrize("x, kwargs, error, match", [
+    (np.zeros((6, 4, 4), np.float32), {}, ValueError,
+     r"local_response_norm: input must be 4-D \(N, C, H, W\), got shape \(6, 4, 4\)"),
+    (np.zeros((1, 6, 4, 4), np.int32), {}, TypeError,
+     r"local_response_norm: input has dtype int32; expected float32 or float64"),
+    (np.zeros((1, 6, 4, 4), np.float32), {"size": 0}, ValueError,
+     r"local_response_norm: size must be a positive integer"),
+    (np.zeros((1, 6, 4, 4), np.float32), {"size": 2.5}, ValueError,
+     r"local_response_norm: size must be a positive integer"),
+    (np.zeros((1, 6, 4, 4), np.float32), {"convention": "torch"}, ValueError,
+     r"local_response_norm: convention must be 'paper' .* or 'caffe' .*, got 'torch'"),
+])
+def test_bad_inputs(kernels, x, kwargs, error, match):
+    kwargs = {"size": 5, **kwargs}
+    with pytest.raises(error, match=match):
+        ops.local_response_norm(kernels.tensor(x), **kwargs)

@@ -1,0 +1,190 @@
+"""max_pool2d: a plain-loop reference, float64 gradchecks, ties, NaN, PyTorch, bad inputs, on
+every kernel mode (Numba on the CPU, the CUDA C through the CPU shim, and a real GPU)."""
+import contextlib
+import math
+import os
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl import backend, layers, ops
+from minidl.testing import nvrtc
+
+CU_FILE = os.path.join(os.path.dirname(minidl.__file__), "ops", "pool.cu")
+
+# (input shape, kernel, stride, padding, ceil_mode)
+CONFIGS = [
+    ((2, 3, 7, 9), 3, 2, 0, False),            # AlexNet's overlapping 3x3 / 2
+    ((2, 3, 7, 9), 3, 2, 1, True),             # padding and a partial last window
+    ((1, 2, 8, 6), (3, 2), (2, 1), (1, 0), False),  # non-square everything
+    ((1, 2, 5, 5), 2, None, 0, True),          # stride defaults to the kernel; ceil adds a window
+    ((1, 1, 5, 5), 2, 2, 1, True),             # ceil's window would start in the right padding
+    ((2, 2, 4, 4), 4, 1, 2, False),            # padding of exactly half the kernel
+    ((1, 2, 7, 7), 2, 3, 0, False),            # stride larger than the kernel: rows skipped
+    ((1, 1, 3, 3), 3, 1, 0, True),             # one window, the whole input
+]
+IDS = [f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}-{'ceil' if c[4] else 'floor'}" for c in CONFIGS]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def pool_reference(x, kernel, stride, padding, ceil_mode):
+    """Plain loops: output and, per output, the flat index of the first maximum in its window."""
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(kernel if stride is None else stride)
+    ph, pw = _pair(padding)
+    n, c, h, w = x.shape
+
+    def out_size(size, k, s, p):
+        if ceil_mode:
+            out = math.ceil((size + 2 * p - k) / s) + 1
+            if (out - 1) * s >= size + p:  # no window may start in the right padding
+                out -= 1
+            return out
+        return (size + 2 * p - k) // s + 1
+
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    where = np.empty((n, c, oh, ow), dtype=np.int64)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, best_at = -math.inf, -1
+                    for r in range(i * sh - ph, i * sh - ph + kh):
+                        for q in range(j * sw - pw, j * sw - pw + kw):
+                            if 0 <= r < h and 0 <= q < w and x[b, ch, r, q] > best:
+                                best, best_at = x[b, ch, r, q], r * w + q
+                    y[b, ch, i, j], where[b, ch, i, j] = best, best_at
+    return y, where
+
+
+def pool_grad_reference(grad_y, where, x_shape):
+    grad_x = np.zeros(x_shape)
+    n, c = x_shape[:2]
+    for b in range(n):
+        for ch in range(c):
+            plane = grad_x[b, ch].reshape(-1)
+            for o, at in zip(where[b, ch].reshape(-1), grad_y[b, ch].reshape(-1)):
+                plane[o] += at
+    return grad_x
+
+
+def tie_free(shape, seed):
+    """Distinct values 0.1 apart: one maximum per window, far beyond gradcheck's eps."""
+    rng = np.random.default_rng(seed)
+    return rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1 - 3.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", CONFIGS, ids=IDS)
+def test_forward_and_backward_match_loops(kernels, shape, kernel, stride, padding, ceil_mode, dtype):
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    expected, where = pool_reference(x, kernel, stride, padding, ceil_mode)
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.max_pool2d(t, kernel, stride, padding, ceil_mode)
+    assert y.dtype == dtype and y.shape == expected.shape
+    np.testing.assert_array_equal(kernels.numpy(y), expected)
+    grad_y = np.random.default_rng(1).standard_normal(expected.shape).astype(dtype)
+    y.backward(kernels.array(grad_y))
+    assert t.grad.dtype == dtype
+    np.testing.assert_allclose(kernels.numpy(t.grad), pool_grad_reference(grad_y, where, shape),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", CONFIGS, ids=IDS)
+def test_gradcheck(kernels, shape, kernel, stride, padding, ceil_mode):
+    x = kernels.tensor(tie_free(shape, seed=2), requires_grad=True)
+    assert minidl.gradcheck(lambda t: ops.max_pool2d(t, kernel, stride, padding, ceil_mode), [x])
+
+
+def test_ties_go_to_the_first_maximum_in_scan_order(kernels):
+    # After a ReLU whole windows are 0: the gradient must go to each window's first element,
+    # and overlapping windows that share it must add up there.
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 4, 4] = -1.0
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.max_pool2d(t, 3, 2)
+    y.backward(kernels.array(np.ones((1, 1, 2, 2))))
+    expected = np.zeros((5, 5))
+    expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[2, 2] = 1.0
+    np.testing.assert_array_equal(kernels.numpy(t.grad)[0, 0], expected)
+
+
+def test_nan_propagates(kernels):
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    y = kernels.numpy(ops.max_pool2d(kernels.tensor(x), 2))
+    assert np.isnan(y[0, 0, 0, 0]) and not np.isnan(y[0, 0, 1:, :]).any() and y[0, 0, 0, 1] == 7
+
+
+def test_backward_is_deterministic_and_equal_across_kernels():
+    # Overlapping windows with many ties: every kernel must give the same bits, every time.
+    x = np.maximum(np.random.default_rng(3).standard_normal((2, 3, 11, 11)), 0).astype(np.float32)
+    grad_y = np.random.default_rng(4).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    grads = []
+    for on_cpu_shim in (False, True, False):
+        with backend.cuda_kernels_on_cpu() if on_cpu_shim else contextlib.nullcontext():
+            t = minidl.Tensor(x, requires_grad=True)
+            ops.max_pool2d(t, 3, 2).backward(grad_y)
+            grads.append(t.grad.numpy())
+    assert all(np.array_equal(grads[0], g) for g in grads[1:])
+
+
+def test_alexnet_shape_and_layer(kernels):
+    x = kernels.tensor(np.random.default_rng(5).standard_normal((2, 4, 55, 55)).astype(np.float32))
+    pool = layers.MaxPool2d(3, stride=2)
+    y = pool(x)
+    assert y.shape == (2, 4, 27, 27) and y.dtype == np.float32
+    np.testing.assert_array_equal(kernels.numpy(y), pool_reference(kernels.numpy(x), 3, 2, 0, False)[0])
+
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is only for comparisons
+    torch = None
+
+
+@pytest.mark.skipif(torch is None, reason="PyTorch not installed")
+@pytest.mark.parametrize("relu", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("shape, kernel, stride, padding, ceil_mode", CONFIGS, ids=IDS)
+def test_matches_torch(kernels, shape, kernel, stride, padding, ceil_mode, relu):
+    x = np.random.default_rng(6).standard_normal(shape)
+    if relu:
+        x = np.maximum(x, 0)  # many tied windows: torch also picks the first maximum
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.max_pool2d(t, kernel, stride, padding, ceil_mode)
+    grad_y = np.random.default_rng(7).standard_normal(y.shape)
+    y.backward(kernels.array(grad_y))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode)
+    ty.backward(torch.tensor(grad_y))
+    np.testing.assert_array_equal(kernels.numpy(y), ty.detach().numpy())
+    np.testing.assert_allclose(kernels.numpy(t.grad), tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not nvrtc.available(), reason="NVRTC not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_source_compiles_under_nvrtc(dtype):
+    ptx = nvrtc.compile_file(CU_FILE, dtype)
+    assert ".entry max_pool2d_forward(" in ptx and ".entry max_pool2d_backward(" in ptx
+
+
+@pytest.mark.parametrize("x, args, error, match", [
+    (np.zeros((3, 8, 8), np.float32), (2,), ValueError, r"max_pool2d: input must be 4-D \(N, C, H, W\)"),
+    (np.zeros((1, 1, 8, 8), np.int64), (2,), TypeError, r"max_pool2d: input has dtype int64; expected float32"),
+    (np.zeros((1, 1, 4, 4), np.float32), (6,), ValueError, r"max_pool2d: kernel .* larger than the padded input"),
+    (np.zeros((1, 1, 4, 4), np.float32), (3, 1, 2), ValueError, r"max_pool2d: padding must be at most half"),
+    (np.zeros((1, 1, 4, 4), np.float32), (0,), ValueError, r"max_pool2d: kernel_size must be a positive int"),
+    (np.zeros((1, 1, 4, 4), np.float32), (2, 0), ValueError, r"max_pool2d: stride must be a positive int"),
+    (np.zeros((1, 1, 4, 4), np.float32), (2, -1), ValueError, r"max_pool2d: stride must be a positive int"),
+    (np.zeros((1, 1, 4, 4), np.float32), (2, 1, -1), ValueError, r"max_pool2d: padding must be a non-negative"),
+    (np.zeros((1, 1, 4, 4), np.float32), ((2, 2, 2),), ValueError, r"max_pool2d: kernel_size must be"),
+    (np.zeros((1, 1, 4, 4), np.float32), (2.5,), ValueError, r"max_pool2d: kernel_size must be"),
+])
+def test_bad_inputs(kernels, x, args, error, match):
+    with pytest.raises(error, match=match):
+        ops.max_pool2d(kernels.tensor(x), *args)
