@@ -149,6 +149,8 @@ def test_random_crop_reaches_every_offset_and_flip_mirrors():
         else:
             np.testing.assert_array_equal(out, image)
     assert 150 < flips < 250
+    with pytest.raises(TypeError, match="RandomCrop: is random and needs a numpy Generator"):
+        crop(image, None)
     # Same on a Pillow image: the crop lands inside, the flip mirrors.
     pil = Image.fromarray(np.arange(256 * 256 * 3, dtype=np.uint32).reshape(256, 256, 3).astype(np.uint8))
     assert T.RandomCrop(227)(pil, rng).size == (227, 227)

@@ -59,6 +59,12 @@ def _check_crop(name, image, size):
     return height, width
 
 
+def _need_rng(name, rng):
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name}: is random and needs a numpy Generator as its rng argument, got "
+                        f"{type(rng).__name__} (the DataLoader passes one per sample)")
+
+
 def _hflip(image):
     if _is_pil(image):
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -163,6 +169,7 @@ class RandomCrop:
         self.size = int(size)
 
     def __call__(self, image, rng):
+        _need_rng("RandomCrop", rng)
         height, width = _check_crop("RandomCrop", image, self.size)
         top = int(rng.integers(0, height - self.size + 1))
         left = int(rng.integers(0, width - self.size + 1))
@@ -179,6 +186,7 @@ class RandomHorizontalFlip:
         self.p = float(p)
 
     def __call__(self, image, rng):
+        _need_rng("RandomHorizontalFlip", rng)
         return _hflip(image) if rng.random() < self.p else image
 
     def __repr__(self):
@@ -192,6 +200,7 @@ class RandomVerticalFlip:
         self.p = float(p)
 
     def __call__(self, image, rng):
+        _need_rng("RandomVerticalFlip", rng)
         if rng.random() < self.p:
             return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if _is_pil(image) else image[:, ::-1, :]
         return image
@@ -235,6 +244,7 @@ class PCALighting:
         return self.eigvec @ (alpha * self.eigval)
 
     def __call__(self, image, rng):
+        _need_rng("PCALighting", rng)
         if _is_pil(image):
             raise TypeError("PCALighting: expects a CHW float array; put ToArray() before it")
         if image.shape[0] != self.eigval.shape[0]:
