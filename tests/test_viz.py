@@ -1,4 +1,5 @@
 """Pictures: filter grid, feature-map grids, Grad-CAM (against a known answer and PyTorch), PNGs."""
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 from PIL import Image
 
 import minidl
-from minidl import layers, viz
-from minidl.models import alexnet
+from minidl import backend, layers, viz
+from minidl.models import alexnet, summary
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +244,54 @@ def test_save_helpers_write_pngs(tmp_path):
     path = viz.save_image(np.zeros((4, 4)), tmp_path / "z.png")
     with Image.open(path) as img:
         assert img.size == (4, 4)
+
+
+def _small_conv_net():
+    minidl.manual_seed(11)
+    return layers.Sequential(OrderedDict([
+        ("conv1", layers.Conv2d(3, 4, 3, padding=1)), ("relu1", layers.ReLU()),
+        ("norm1", layers.LocalResponseNorm(5)), ("pool1", layers.MaxPool2d(2)),
+        ("flatten", layers.Flatten()), ("drop", layers.Dropout(0.5)),
+        ("fc", layers.Linear(4 * 4 * 4, 3))]))
+
+
+@pytest.mark.parametrize("mode", ["cuda_on_cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_grad_cam_and_feature_maps_on_the_cuda_kernels(mode):
+    """The same pictures when every op runs its CUDA C kernels (on the CPU shim, or a GPU)."""
+    if mode == "cuda" and not backend.cuda_available():
+        pytest.skip("no CUDA GPU visible to CuPy")
+    model, x = _small_conv_net(), _image(6, (3, 8, 8))
+    reference = [viz.grad_cam(model, x, cls, layer="relu1") for cls in range(3)]
+    maps = viz.feature_maps(model, x, ["relu1", "pool1"])
+    if mode == "cuda":
+        model.to("cuda")
+        context, image = contextlib.nullcontext(), backend.to_device(x, "cuda")
+    else:
+        context, image = backend.cuda_kernels_on_cpu(), x
+    with context:
+        for cls in range(3):
+            np.testing.assert_allclose(viz.grad_cam(model, image, cls, layer="relu1"),
+                                       reference[cls], atol=1e-5)
+        for name, m in viz.feature_maps(model, image, ["relu1", "pool1"]).items():
+            np.testing.assert_allclose(m, maps[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_alexnet_on_the_gpu_matches_the_cpu(model):
+    if not backend.cuda_available():
+        pytest.skip("no CUDA GPU visible to CuPy")
+    x = _image(8)
+    model.eval()
+    with minidl.no_grad():
+        expected = model(minidl.Tensor(x[None])).numpy()
+    heat_cpu = viz.grad_cam(model, x, 5)
+    gpu = alexnet()
+    gpu.load_state_dict(model.state_dict())
+    gpu.to("cuda").eval()
+    with minidl.no_grad():
+        out = gpu(minidl.Tensor(x[None]).to("cuda"))
+    assert out.device == "cuda"
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(viz.grad_cam(gpu, x, 5), heat_cpu, atol=1e-3)
+    assert summary(gpu, (3, 227, 227), print_table=False).row("pool5")[2] == (256, 6, 6)
+    model.train()
