@@ -15,12 +15,13 @@ extern "C" __global__ void relu_forward(const real_t* __restrict__ x, real_t* __
     }
 }
 
-// dx[i] = g[i] * (y[i] > 0): the subgradient at 0 is taken as 0, as in PyTorch.
+// dx[i] = g[i] * (y[i] > 0): the subgradient at 0 is taken as 0, as in PyTorch. A product
+// rather than a select, to match the CPU's g * (y > 0) exactly, non-finite g included.
 extern "C" __global__ void relu_backward(const real_t* __restrict__ y, const real_t* __restrict__ g,
                                          real_t* __restrict__ dx, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)blockDim.x * gridDim.x) {
-        dx[i] = y[i] > (real_t)0 ? g[i] : (real_t)0;
+        dx[i] = g[i] * (real_t)(y[i] > (real_t)0);
     }
 }
 

