@@ -129,6 +129,16 @@ def test_running_sums_do_not_drift(kernels):
     np.testing.assert_allclose(y, expected, rtol=2e-6)
 
 
+def test_non_contiguous_input_and_empty_batch(kernels):
+    x = np.random.default_rng(8).standard_normal((2, 4, 3, 10))[:, ::-1, :, ::2]  # a strided view
+    y = ops.local_response_norm(kernels.tensor(x), 3, 0.1, 0.75, 1.0)
+    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x, 3, 0.1, 0.75, 1.0), rtol=1e-13)
+    t = kernels.tensor(np.zeros((0, 6, 3, 3), np.float32), requires_grad=True)
+    y = ops.local_response_norm(t, 5)
+    y.backward(kernels.array(np.zeros(y.shape, np.float32)))
+    assert y.shape == (0, 6, 3, 3) and t.grad.shape == (0, 6, 3, 3)
+
+
 def test_no_grad_saves_nothing_and_gives_the_same_output(kernels):
     x = np.random.default_rng(3).standard_normal((2, 6, 3, 3)).astype(np.float32)
     with minidl.no_grad():

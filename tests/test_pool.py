@@ -134,6 +134,16 @@ def test_backward_is_deterministic_and_equal_across_kernels():
     assert all(np.array_equal(grads[0], g) for g in grads[1:])
 
 
+def test_non_contiguous_input_and_empty_batch(kernels):
+    x = np.random.default_rng(8).standard_normal((2, 3, 9, 14))[:, :, :, ::2]  # a strided view
+    y = ops.max_pool2d(kernels.tensor(x), 3, 2, 1)
+    np.testing.assert_array_equal(kernels.numpy(y), pool_reference(x, 3, 2, 1, False)[0])
+    t = kernels.tensor(np.zeros((0, 3, 5, 5), np.float32), requires_grad=True)
+    y = ops.max_pool2d(t, 3, 2)
+    y.backward(kernels.array(np.zeros(y.shape, np.float32)))
+    assert y.shape == (0, 3, 2, 2) and t.grad.shape == (0, 3, 5, 5)
+
+
 def test_alexnet_shape_and_layer(kernels):
     x = kernels.tensor(np.random.default_rng(5).standard_normal((2, 4, 55, 55)).astype(np.float32))
     pool = layers.MaxPool2d(3, stride=2)
@@ -184,6 +194,7 @@ def test_cuda_source_compiles_under_nvrtc(dtype):
     (np.zeros((1, 1, 4, 4), np.float32), (2, 1, -1), ValueError, r"max_pool2d: padding must be a non-negative"),
     (np.zeros((1, 1, 4, 4), np.float32), ((2, 2, 2),), ValueError, r"max_pool2d: kernel_size must be"),
     (np.zeros((1, 1, 4, 4), np.float32), (2.5,), ValueError, r"max_pool2d: kernel_size must be"),
+    (np.zeros((1, 1, 0, 4), np.float32), (2, 2, 1), ValueError, r"max_pool2d: input planes must be at least 1x1"),
 ])
 def test_bad_inputs(kernels, x, args, error, match):
     with pytest.raises(error, match=match):

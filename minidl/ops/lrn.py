@@ -37,6 +37,8 @@ memory once and the sums cost O(1) per element whatever the size. The running su
 kept in float64 so adding and subtracting does not drift; everything else stays in the
 input's dtype. GPU kernels: one thread per output element, summing its window directly.
 """
+import contextlib
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -49,6 +51,21 @@ _kernels = cuda.KernelFile(__file__)
 
 OP = "local_response_norm"
 CONVENTIONS = ("paper", "caffe")
+
+# Below this many elements a kernel runs on one thread: waking the others costs more than the
+# work (tens of microseconds on an idle machine, milliseconds on a busy one).
+SERIAL_BELOW = 1 << 15
+
+
+@contextlib.contextmanager
+def _threads_for(n_elements):
+    previous = numba.get_num_threads()
+    if n_elements < SERIAL_BELOW:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 # -- CPU kernels (Numba) ------------------------------------------------------------------------
@@ -64,8 +81,8 @@ def _power(s, beta, three_quarters):
 
 def _split_pixels(batch, pixels):
     """Pixels per prange task: whole planes when the batch alone gives every thread work."""
-    tasks_per_image = -(-4 * numba.get_num_threads() // batch)
-    return max(min(pixels, 256), -(-pixels // tasks_per_image))
+    tasks_per_image = -(-4 * numba.get_num_threads() // max(batch, 1))
+    return max(min(pixels, 256), -(-pixels // tasks_per_image), 1)
 
 
 @njit(parallel=True, cache=True)
@@ -164,8 +181,10 @@ def _forward_cpu(x, before, after, alpha, beta, k, save_scale):
     y = np.empty_like(x)
     scale = np.empty_like(x) if save_scale else np.empty((0, 0, 0), x.dtype)
     flat = (n, c, h * w)
-    _forward_cpu_kernel(x.reshape(flat), y.reshape(flat), scale.reshape(flat) if save_scale else scale,
-                        save_scale, before, after, alpha, beta, k, _split_pixels(n, h * w))
+    with _threads_for(x.size):
+        _forward_cpu_kernel(x.reshape(flat), y.reshape(flat),
+                            scale.reshape(flat) if save_scale else scale, save_scale,
+                            before, after, alpha, beta, k, _split_pixels(n, h * w))
     return y, (scale if save_scale else None)
 
 
@@ -173,9 +192,10 @@ def _backward_cpu(grad_y, x, scale, before, after, beta, two_alpha_beta):
     n, c, h, w = x.shape
     grad_x = np.empty_like(x)
     flat = (n, c, h * w)
-    _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
-                         grad_x.reshape(flat), before, after, beta, two_alpha_beta,
-                         _split_pixels(n, h * w))
+    with _threads_for(x.size):
+        _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
+                             grad_x.reshape(flat), before, after, beta, two_alpha_beta,
+                             _split_pixels(n, h * w))
     return grad_x
 
 

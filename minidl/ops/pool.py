@@ -17,6 +17,9 @@ Output size, per spatial axis (PyTorch's rule)::
 Padding is implicit -infinity and at most half the kernel, so every window holds at least one
 real input element.
 """
+import contextlib
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -27,6 +30,21 @@ from . import _checks
 _kernels = cuda.KernelFile(__file__)
 
 OP = "max_pool2d"
+
+# Below this many elements a kernel runs on one thread: waking the others costs more than the
+# work (tens of microseconds on an idle machine, milliseconds on a busy one).
+SERIAL_BELOW = 1 << 15
+
+
+@contextlib.contextmanager
+def _threads_for(n_elements):
+    previous = numba.get_num_threads()
+    if n_elements < SERIAL_BELOW:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 def _output_size(size, kernel, stride, pad, ceil_mode):
@@ -56,6 +74,8 @@ def _parse_options(x_shape, kernel_size, stride, padding):
             raise ValueError(f"{OP}: padding must be at most half the kernel size, got padding {p} "
                              f"for a kernel of {k} along the {axis}")
     h, w = x_shape[2], x_shape[3]
+    if h < 1 or w < 1:
+        raise ValueError(f"{OP}: input planes must be at least 1x1, got {h}x{w}")
     if kernel[0] > h + 2 * pad[0] or kernel[1] > w + 2 * pad[1]:
         raise ValueError(f"{OP}: kernel {kernel} is larger than the padded input "
                          f"({h + 2 * pad[0]}, {w + 2 * pad[1]}) (input {h}x{w}, padding {pad})")
@@ -132,17 +152,20 @@ def _forward_cpu(x, out_h, out_w, kernel, stride, pad):
     n, c, h, w = x.shape
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n, c, out_h, out_w), dtype=np.int32)
-    _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
-                        argmax.reshape(n * c, out_h, out_w), kernel[0], kernel[1],
-                        stride[0], stride[1], pad[0], pad[1])
+    with _threads_for(x.size):
+        _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
+                            argmax.reshape(n * c, out_h, out_w), kernel[0], kernel[1],
+                            stride[0], stride[1], pad[0], pad[1])
     return y, argmax
 
 
 def _backward_cpu(grad_y, argmax, x_shape):
     n, c, h, w = x_shape
     grad_x = np.empty(x_shape, dtype=grad_y.dtype)
-    _backward_cpu_kernel(grad_y.reshape(n * c, -1), argmax.reshape(n * c, -1),
-                         grad_x.reshape(n * c, h * w))
+    planes, n_out = n * c, grad_y.shape[2] * grad_y.shape[3]
+    with _threads_for(grad_x.size):
+        _backward_cpu_kernel(grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
+                             grad_x.reshape(planes, h * w))
     return grad_x
 
 
