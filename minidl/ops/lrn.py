@@ -27,8 +27,11 @@ the first term from a[j] in the numerator of b[j], the second from a[j]^2 inside
 every output i whose window holds j (ds[i]/da[j] = 2 alpha a[j]). This is SPEC.md's formula;
 for odd sizes the mirrored window is the window itself.
 
-Forward saves s (one array the size of the input) when a gradient will be needed: recomputing
-it in backward from a costs more time than reading it (measured, AlexNet shapes, 2 cores).
+Forward saves s (one more array the size of the input) when a gradient will be needed, and
+backward reads it. Recomputing s in backward instead was measured on AlexNet's shapes: about
+8% slower over forward+backward into reused buffers, and no faster when every call allocates
+fresh arrays (page faults then dominate). Reading s also keeps the backward kernels simpler
+and spares each GPU thread size^2 loads.
 
 CPU kernels: one pass over memory per direction. A prange task owns one image n and a run of
 pixels; it walks the channels in order, keeping a running window sum per pixel (add the
