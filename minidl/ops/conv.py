@@ -143,9 +143,13 @@ class _Geometry:
                 self.pad_h, self.pad_w, self.out_h, self.out_w)
 
     def chunk_size(self, itemsize):
-        """Images per chunk, so that the chunk's columns fit in WORKSPACE_BYTES (at least 1)."""
+        """Images per chunk: the columns of a chunk fit in WORKSPACE_BYTES (or it is 1 image),
+        and the chunks are of near-equal size (32 images in chunks of 30 then 2 would waste
+        the second GEMM)."""
         per_image = self.rows * self.pixels * itemsize
-        return int(max(1, min(self.batch, WORKSPACE_BYTES // max(1, per_image))))
+        largest = max(1, min(self.batch, WORKSPACE_BYTES // max(1, per_image)))
+        n_chunks = -(-self.batch // largest)
+        return max(1, -(-self.batch // max(1, n_chunks)))
 
 
 def _im2col(x, cols, geo, on_cuda):

@@ -1,0 +1,262 @@
+"""conv2d: forward against a plain-loop reference, float64 gradcheck, batch chunking, torch,
+NVRTC and bad inputs -- each numerical test on every kernel mode (cpu, cuda_on_cpu, cuda)."""
+import numpy as np
+import pytest
+
+import minidl
+from minidl.ops import conv as conv_module
+from minidl.ops.conv import conv2d
+from minidl.testing import nvrtc
+
+
+def reference_conv2d(x, w, b, stride, padding, groups):
+    """Cross-correlation by the definition: one output element at a time."""
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=np.float64)
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (wd + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, o, oh, ow), dtype=np.float64)
+    for i in range(n):
+        for j in range(o):
+            g = j // og
+            for r in range(oh):
+                for s in range(ow):
+                    total = 0.0 if b is None else float(b[j])
+                    for ci in range(cg):
+                        for u in range(kh):
+                            for v in range(kw):
+                                total += (xp[i, g * cg + ci, r * sh + u, s * sw + v]
+                                          * w[j, ci, u, v])
+                    y[i, j, r, s] = total
+    return y
+
+
+# (N, C, H, W), (O, kH, kW), stride, padding, groups, bias
+CONFIGS = [
+    ((2, 3, 7, 7), (4, 3, 3), 1, 0, 1, True),
+    ((2, 4, 9, 8), (6, 3, 3), 2, 1, 2, True),              # groups 2, stride and padding
+    ((1, 6, 10, 11), (9, 5, 3), (3, 2), (2, 1), 3, False),  # groups 3, non-square everything
+    ((3, 2, 8, 6), (3, 2, 4), (1, 2), (0, 2), 1, False),    # padding wider than needed
+    ((2, 3, 23, 23), (4, 11, 11), 4, 0, 1, True),           # AlexNet conv1 in miniature
+    ((2, 5, 4, 4), (3, 1, 1), 1, 0, 1, True),               # 1x1
+]
+IDS = ["3x3", "groups2-stride2-pad1", "groups3-nonsquare", "wide-kernel-pad", "11x11-stride4", "1x1"]
+
+
+def make_inputs(config, dtype, seed=0):
+    (n, c, h, w), (o, kh, kw), stride, padding, groups, has_bias = config
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((o, c // groups, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype) if has_bias else None
+    return x, weight, bias, stride, padding, groups
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_reference(kernels, config, dtype):
+    x, w, b, stride, padding, groups = make_inputs(config, dtype)
+    y = conv2d(kernels.tensor(x), kernels.tensor(w), None if b is None else kernels.tensor(b),
+               stride=stride, padding=padding, groups=groups)
+    expected = reference_conv2d(x, w, b, pair(stride), pair(padding), groups)
+    assert y.dtype == dtype
+    assert y.shape == expected.shape
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(kernels.numpy(y), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("config", CONFIGS[:4], ids=IDS[:4])
+def test_gradcheck(kernels, config):
+    x, w, b, stride, padding, groups = make_inputs(config, np.float64)
+    tensors = [kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)]
+    if b is not None:
+        tensors.append(kernels.tensor(b, requires_grad=True))
+
+    def fn(xt, wt, bt=None):
+        return conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+
+    assert minidl.gradcheck(fn, tensors)
+
+
+def run_forward_backward(kernels, x, w, b, stride, padding, groups, grad_seed=1):
+    xt = kernels.tensor(x, requires_grad=True)
+    wt = kernels.tensor(w, requires_grad=True)
+    bt = kernels.tensor(b, requires_grad=True)
+    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+    g = np.random.default_rng(grad_seed).standard_normal(y.shape).astype(x.dtype)
+    y.backward(kernels.tensor(g))
+    return [kernels.numpy(a) for a in (y, xt.grad, wt.grad, bt.grad)]
+
+
+@pytest.mark.parametrize("workspace_images", [1, 2])
+def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, workspace_images):
+    """A workspace of 1 or 2 images' columns splits a batch of 5 into 5 or 3 chunks."""
+    x, w, b, stride, padding, groups = make_inputs(((5, 4, 9, 7), (6, 3, 3), 2, 1, 2, True),
+                                                   np.float64)
+    whole = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+    geo = conv_module._Geometry(x.shape, w.shape, (2, 2), (1, 1), 2)
+    per_image = geo.rows * geo.pixels * x.dtype.itemsize
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace_images * per_image)
+    assert geo.chunk_size(x.dtype.itemsize) == workspace_images
+    chunked = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+    for name, a, c in zip(("y", "dx", "dw", "db"), whole, chunked):
+        np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(whole[0], reference_conv2d(x, w, b, (2, 2), (1, 1), 2), atol=1e-10)
+
+
+def test_gradcheck_with_chunking(kernels, monkeypatch):
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 1)  # one image per chunk
+    x, w, b, stride, padding, groups = make_inputs(((3, 2, 5, 6), (4, 3, 2), 1, 1, 2, True),
+                                                   np.float64)
+    tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert minidl.gradcheck(lambda *t: conv2d(*t, stride=stride, padding=padding, groups=groups),
+                            tensors)
+
+
+def test_chunk_sizes_are_balanced(monkeypatch):
+    geo = conv_module._Geometry((32, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), 1)
+    per_image = geo.rows * geo.pixels * 4
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 30 * per_image)
+    assert geo.chunk_size(4) == 16  # two chunks of 16, not 30 + 2
+    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 1024 * 2**20)
+    assert geo.chunk_size(4) == 32
+
+
+def test_matches_torch_alexnet_like(kernels):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(3)
+    cases = [  # conv1 (11x11 stride 4) and conv2 (5x5 pad 2 groups 2), smaller images
+        ((4, 3, 39, 39), (16, 3, 11, 11), 4, 0, 1),
+        ((4, 16, 9, 9), (32, 8, 5, 5), 1, 2, 2),
+    ]
+    for x_shape, w_shape, stride, padding, groups in cases:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (0.1 * rng.standard_normal(w_shape)).astype(np.float32)
+        b = rng.standard_normal(w_shape[0]).astype(np.float32)
+        ours = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = F.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+        g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        y.backward(torch.tensor(g))
+        theirs = [y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()]
+        for name, a, t in zip(("y", "dx", "dw", "db"), ours, theirs):
+            np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-3, err_msg=name)
+
+
+def test_only_the_needed_gradients(kernels):
+    x, w, b, stride, padding, groups = make_inputs(CONFIGS[1], np.float64)
+    _, full_dx, full_dw, _ = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+    g = np.random.default_rng(1).standard_normal((2, 6, 5, 4))
+
+    def backward(x_grad, w_grad, b_grad):
+        xt = kernels.tensor(x, requires_grad=x_grad)
+        wt = kernels.tensor(w, requires_grad=w_grad)
+        bt = kernels.tensor(b, requires_grad=b_grad)
+        y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+        y.backward(kernels.tensor(g))
+        return xt.grad, wt.grad, bt.grad
+
+    dx, dw, db = backward(False, True, False)  # the first layer: the image needs no gradient
+    assert dx is None and db is None
+    np.testing.assert_allclose(kernels.numpy(dw), full_dw, rtol=1e-12, atol=1e-12)
+    dx, dw, db = backward(True, False, False)  # frozen weights
+    assert dw is None and db is None
+    np.testing.assert_allclose(kernels.numpy(dx), full_dx, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_is_deterministic(kernels):
+    x, w, b, stride, padding, groups = make_inputs(((3, 4, 11, 10), (6, 5, 5), 1, 2, 2, True),
+                                                   np.float32)
+    first = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+    second = run_forward_backward(kernels, x, w, b, stride, padding, groups)
+    for a, c in zip(first, second):
+        assert np.array_equal(a, c)
+
+
+def test_non_contiguous_input_and_empty_batch(kernels):
+    x, w, b, stride, padding, groups = make_inputs(CONFIGS[0], np.float64)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values
+    assert not xt.flags.c_contiguous
+    y = conv2d(kernels.tensor(xt), kernels.tensor(w), kernels.tensor(b))
+    np.testing.assert_allclose(kernels.numpy(y), reference_conv2d(x, w, b, (1, 1), (0, 0), 1),
+                               atol=1e-10)
+    empty = conv2d(kernels.tensor(x[:0]), kernels.tensor(w), kernels.tensor(b))
+    assert empty.shape == (0, 4, 5, 5)
+
+
+def test_workspace_is_reused():
+    x, w, b, stride, padding, groups = make_inputs(CONFIGS[1], np.float32)
+    conv2d(minidl.Tensor(x), minidl.Tensor(w), minidl.Tensor(b), stride=stride,
+           padding=padding, groups=groups)
+    buffers = dict(conv_module._workspace.buffers)
+    conv2d(minidl.Tensor(x), minidl.Tensor(w), minidl.Tensor(b), stride=stride,
+           padding=padding, groups=groups)
+    for key, array in conv_module._workspace.buffers.items():
+        assert array is buffers[key]
+
+
+def test_conv2d_layer(kernels):
+    layer = minidl.layers.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+    x = np.random.default_rng(0).standard_normal((2, 4, 7, 7)).astype(np.float32)
+    if kernels.name == "cuda":
+        layer.to("cuda")
+    y = layer(kernels.tensor(x))
+    expected = reference_conv2d(x, layer.weight.numpy(), layer.bias.numpy(), (2, 2), (1, 1), 2)
+    np.testing.assert_allclose(kernels.numpy(y), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not nvrtc.available(), reason="NVRTC library not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_source_compiles_with_nvrtc(dtype):
+    ptx = nvrtc.compile_file(conv_module._kernels.path, dtype)
+    assert ".entry im2col" in ptx and ".entry col2im" in ptx
+
+
+# -- bad inputs ----------------------------------------------------------------------------
+def t(shape, dtype=np.float32):
+    return minidl.Tensor(np.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: conv2d(t((3, 8, 8)), t((4, 3, 3, 3))), ValueError,
+     r"conv2d: input must be 4-D \(N, C, H, W\), got shape \(3, 8, 8\)"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3))), ValueError, r"conv2d: weight must be 4-D"),
+    (lambda: conv2d(t((1, 5, 8, 8)), t((4, 3, 3, 3))), ValueError,
+     r"conv2d: input has 5 channels .* expects weight.shape\[1\] \* groups = 3"),
+    (lambda: conv2d(t((1, 4, 8, 8)), t((5, 2, 3, 3)), groups=2), ValueError,
+     r"conv2d: groups=2 must divide the out channels, but weight has 5"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 1, 3, 3)), groups=2), ValueError,
+     r"conv2d: groups=2 must divide the input channels, but input has 3"),
+    (lambda: conv2d(t((1, 3, 4, 4)), t((4, 3, 7, 3)), padding=1), ValueError,
+     r"conv2d: kernel 7x3 is larger than the padded input 6x6"),
+    (lambda: conv2d(t((1, 3, 8, 8), np.int64), t((4, 3, 3, 3), np.int64)), TypeError,
+     r"conv2d: input has dtype int64; expected float32 or float64"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3), np.float64)), TypeError,
+     r"conv2d: inputs must share one dtype, but input is float32, weight is float64"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), t((3,))), ValueError,
+     r"conv2d: bias must have shape \(4,\).*got shape \(3,\)"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), t((4,), np.float64)), TypeError,
+     r"conv2d: inputs must share one dtype.*bias is float64"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), stride=0), ValueError,
+     r"conv2d: stride must be a positive integer, got \(0, 0\)"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), padding=-1), ValueError,
+     r"conv2d: padding must be a non-negative integer"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), stride=1.5), TypeError,
+     r"conv2d: stride must be an int or a pair of ints, got 1.5"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), groups=0), ValueError,
+     r"conv2d: groups must be a positive integer, got 0"),
+    (lambda: conv2d(np.zeros((1, 3, 8, 8)), t((4, 3, 3, 3))), TypeError,
+     r"conv2d: input must be a minidl Tensor, got ndarray"),
+])
+def test_bad_inputs(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
