@@ -43,8 +43,10 @@ CONFIGS = [
     ((3, 2, 8, 6), (3, 2, 4), (1, 2), (0, 2), 1, False),    # padding wider than needed
     ((2, 3, 23, 23), (4, 11, 11), 4, 0, 1, True),           # AlexNet conv1 in miniature
     ((2, 5, 4, 4), (3, 1, 1), 1, 0, 1, True),               # 1x1
+    ((2, 2, 5, 1), (3, 3, 3), 3, 1, 1, True),               # some taps read only padding
 ]
-IDS = ["3x3", "groups2-stride2-pad1", "groups3-nonsquare", "wide-kernel-pad", "11x11-stride4", "1x1"]
+IDS = ["3x3", "groups2-stride2-pad1", "groups3-nonsquare", "wide-kernel-pad", "11x11-stride4", "1x1",
+       "padding-only-taps"]
 
 
 def make_inputs(config, dtype, seed=0):
@@ -73,7 +75,7 @@ def test_forward_matches_reference(kernels, config, dtype):
     np.testing.assert_allclose(kernels.numpy(y), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("config", CONFIGS[:4], ids=IDS[:4])
+@pytest.mark.parametrize("config", CONFIGS[:4] + CONFIGS[6:], ids=IDS[:4] + IDS[6:])
 def test_gradcheck(kernels, config):
     x, w, b, stride, padding, groups = make_inputs(config, np.float64)
     tensors = [kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)]

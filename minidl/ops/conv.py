@@ -20,10 +20,15 @@ result is deterministic. The bias gradient is dY summed over N, OH and OW.
 Memory: the columns of a whole AlexNet batch take gigabytes (128 x 3 x 227 x 227 input ->
 363 x 387,200 floats), so the batch is processed in chunks whose columns fit in
 ``WORKSPACE_BYTES``. The chunk's buffers (columns, and the GEMM output in (O, B*OH*OW)
-layout) are kept between calls and reused -- a fresh multi-megabyte array costs a page fault
-per 4 KiB the first time it is written, which is as slow as the copy itself. Backward does not
-keep forward's columns; it recomputes them chunk by chunk (one more im2col, much cheaper than
-the two GEMMs it feeds).
+layout) are kept between calls and reused -- a fresh multi-megabyte array takes a page fault
+per 4 KiB page when first written, which about doubles the cost of filling it. Backward does
+not keep forward's columns; it recomputes them chunk by chunk (one more im2col, much cheaper
+than the two GEMMs it feeds).
+
+Speed on a small CPU: OpenBLAS's worker threads spin for ~0.1 s after each product, and on 2
+cores they then take half the CPU from the Numba loops that follow (im2col here, and every
+other op). Setting OPENBLAS_THREAD_TIMEOUT=4 in the environment before NumPy is first imported
+stops that; ``benchmarks/conv_bench.py`` measures both.
 
 The CPU runs im2col/col2im as Numba loops below, the GPU as the CUDA kernels in ``conv.cu``;
 everything else is the same code on ``xp``.
@@ -40,10 +45,12 @@ from . import _checks
 
 OP = "conv2d"
 
-# Upper bound on the im2col buffer of one chunk of images (bytes). The batch is split into
-# chunks of at most this many bytes of columns; a larger value gives larger GEMMs (little
-# faster once they are big) at the cost of memory that stays allocated between calls.
-WORKSPACE_BYTES = 128 * 2**20
+# Upper bound (bytes) on each workspace buffer of one chunk of images: the columns, and the
+# GEMM output in (O, B*OH*OW) layout. The batch is split into chunks that fit (one image at
+# least). Larger chunks mean fewer, larger GEMMs: with AlexNet at batch 32 on 2 cores, 256 MiB
+# (one chunk for conv1 and conv2) measured 3-5 % faster than 128 MiB and ~20 % faster than
+# 32 MiB. The buffers stay allocated between calls (see clear_workspace).
+WORKSPACE_BYTES = 256 * 2**20
 
 _kernels = cuda.KernelFile(__file__)
 
@@ -68,28 +75,27 @@ def _valid_outputs(k, pad, stride, size, out_size):
 def _im2col_cpu(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h, out_w):
     # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW], 0 in the padding.
     # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
-    # writes are sequential and the iterations never touch the same memory.
+    # writes are sequential and the iterations never touch the same memory. The copies are
+    # slices (measured 1.5x faster than an element loop for AlexNet's conv1).
     batch, channels, height, width = x.shape
     taps = kernel_h * kernel_w
     for row in prange(channels * taps):
         c = row // taps
         ki = (row // kernel_w) % kernel_h
         kj = row % kernel_w
-        lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
+        lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)  # ow inside the input
+        w_first = lo * stride_w + kj - pad_w
+        w_stop = w_first + (hi - lo - 1) * stride_w + 1
         for b in range(batch):
             for oh in range(out_h):
                 start = (b * out_h + oh) * out_w
                 h = oh * stride_h + ki - pad_h
-                if h < 0 or h >= height:
-                    for ow in range(out_w):
-                        cols[row, start + ow] = 0
+                if h < 0 or h >= height or hi == lo:
+                    cols[row, start:start + out_w] = 0
                     continue
-                for ow in range(lo):
-                    cols[row, start + ow] = 0
-                for ow in range(lo, hi):
-                    cols[row, start + ow] = x[b, c, h, ow * stride_w + kj - pad_w]
-                for ow in range(hi, out_w):
-                    cols[row, start + ow] = 0
+                cols[row, start:start + lo] = 0
+                cols[row, start + lo:start + hi] = x[b, c, h, w_first:w_stop:stride_w]
+                cols[row, start + hi:start + out_w] = 0
 
 
 @njit(parallel=True, cache=True)
@@ -143,10 +149,11 @@ class _Geometry:
                 self.pad_h, self.pad_w, self.out_h, self.out_w)
 
     def chunk_size(self, itemsize):
-        """Images per chunk: the columns of a chunk fit in WORKSPACE_BYTES (or it is 1 image),
+        """Images per chunk: its columns and its GEMM output each fit in WORKSPACE_BYTES (or
+        it is 1 image),
         and the chunks are of near-equal size (32 images in chunks of 30 then 2 would waste
         the second GEMM)."""
-        per_image = self.rows * self.pixels * itemsize
+        per_image = max(self.rows, self.out_channels) * self.pixels * itemsize
         largest = max(1, min(self.batch, WORKSPACE_BYTES // max(1, per_image)))
         n_chunks = -(-self.batch // largest)
         return max(1, -(-self.batch // max(1, n_chunks)))
@@ -271,17 +278,18 @@ class Conv2dFunction(Function):
         x, weight = self.saved
         geo, on_cuda = self.geo, self.on_cuda
         xp = backend.array_module(x)
-        grad_output = xp.ascontiguousarray(grad_output)
-        need_x, need_w = self.needs_input_grad[0], self.needs_input_grad[1]
-        need_b = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
+        need_x, need_w, need_b = self.needs_input_grad[:3]
+        if not (need_x or need_w or need_b):
+            return None, None, None, None, None, None
+        grad_output = xp.ascontiguousarray(grad_output, dtype=x.dtype)
         groups, rg, og, n_pix = geo.groups, geo.rows_per_group, geo.out_per_group, geo.pixels
 
         w = weight.reshape(groups, og, rg)
+        # dx is skipped when the input needs no gradient (the first layer's images): that
+        # saves a GEMM and a col2im per chunk.
+        grad_x = xp.empty_like(x) if need_x else None
         grad_w = xp.zeros((groups, og, rg), dtype=x.dtype) if need_w else None
         grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
-        grad_x = xp.empty_like(x) if need_x else None
-        if not (need_x or need_w or need_b):
-            return None, None, None, None, None, None
 
         chunk = geo.chunk_size(x.dtype.itemsize)
         for start in range(0, geo.batch, chunk):
