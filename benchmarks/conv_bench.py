@@ -21,6 +21,11 @@ CONFIGS = {
     "conv1": ((3, 227, 227), (96, 3, 11, 11), 4, 0, 1, False),
     "conv2": ((96, 27, 27), (256, 48, 5, 5), 1, 2, 2, True),
 }
+MORE_CONFIGS = {  # --all: the rest of AlexNet's convolutions
+    "conv3": ((256, 13, 13), (384, 256, 3, 3), 1, 1, 1, True),
+    "conv4": ((384, 13, 13), (384, 192, 3, 3), 1, 1, 2, True),
+    "conv5": ((384, 13, 13), (256, 192, 3, 3), 1, 1, 2, True),
+}
 
 
 def cpu_busy(seconds=0.5):
@@ -100,6 +105,7 @@ def main():
     parser.add_argument("--workspace-mb", type=float, default=None,
                         help="override conv.WORKSPACE_BYTES (MiB)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--all", action="store_true", help="also time conv3, conv4 and conv5")
     parser.add_argument("--openblas-timeout", type=int, default=None,
                         help="set OPENBLAS_THREAD_TIMEOUT before NumPy is imported")
     args = parser.parse_args()
@@ -120,7 +126,8 @@ def main():
     print(f"batch {args.batch}, workspace {conv_module.WORKSPACE_BYTES / 2**20:.0f} MiB, "
           f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}, "
           f"median of {args.repeats}, ms")
-    for name, (in_shape, w_shape, stride, padding, groups, x_grad) in CONFIGS.items():
+    configs = dict(CONFIGS, **(MORE_CONFIGS if args.all else {}))
+    for name, (in_shape, w_shape, stride, padding, groups, x_grad) in configs.items():
         x = rng.standard_normal((args.batch,) + in_shape).astype(np.float32)
         w = (0.01 * rng.standard_normal(w_shape)).astype(np.float32)
         b = np.zeros(w_shape[0], dtype=np.float32)
