@@ -4,7 +4,8 @@
 
 Prints the median wall time of forward alone and of forward+backward for minidl and for
 torch.nn.functional.conv2d on the same inputs. conv1's input needs no gradient (it is the
-image), as in training; conv2's input does.
+image), as in training; conv2's input does. Before each series of timings the script waits
+(up to a minute) for the CPU to be otherwise idle, since a shared machine skews them badly.
 
 OpenBLAS keeps its worker threads spinning for a while (2**28 cycles, ~0.1 s) after each
 matrix product; on a 2-core machine they then take half of the CPU from the Numba kernels
