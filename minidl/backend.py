@@ -91,3 +91,23 @@ def cuda_kernels_on_cpu():
 
 def cuda_kernels_run_on_cpu():
     return getattr(_state, "cuda_on_cpu", False)
+
+
+# Below this many elements a Numba kernel runs on one thread: waking the others costs more
+# than the work (tens of microseconds on an idle machine, milliseconds on a busy one).
+SERIAL_BELOW = 1 << 15
+
+
+@contextlib.contextmanager
+def cpu_threads_for(n_elements):
+    """Run the Numba kernels inside on one thread when the input is small."""
+    if n_elements >= SERIAL_BELOW:
+        yield
+        return
+    import numba
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)

@@ -100,12 +100,20 @@ def save(path, **state):
     members = {f"a{i}": a for i, a in enumerate(arrays)}
     members["tree"] = np.frombuffer(json.dumps(tree).encode("utf-8"), dtype=np.uint8)
 
+    return write_atomically(path, lambda f: _write_npz(f, members))
+
+
+def write_atomically(path, write):
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path``: a crash at any point leaves either the old file or the new one, never a
+    half-written one. Used for checkpoints and for every picture the training loop redraws."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_npz(f, members)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)

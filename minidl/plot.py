@@ -6,10 +6,10 @@ epoch and the error (%) against the epoch, each with the training and the valida
 ``metrics.jsonl``.
 """
 import math
-import os
-import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
+
+from .checkpoint import write_atomically
 
 # Colour-blind-safe pairs: train solid blue, validation orange; top-5 dashed green.
 TRAIN, VAL, EXTRA = (31, 119, 180), (230, 120, 20), (44, 160, 44)
@@ -143,18 +143,4 @@ def render_curves(history, size=(960, 400), error_key="top1", extra_error_key="t
 def plot_curves(history, path, size=(960, 400), error_key="top1", extra_error_key="top5"):
     """Draw ``history`` (a list of per-epoch records) to the PNG file ``path`` (atomically)."""
     image = render_curves(history, size, error_key, extra_error_key)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomically(path, lambda f: image.save(f, format="PNG"))

@@ -82,7 +82,8 @@ def apply_mask(x, p, seed):
     if backend.uses_cuda_kernels(x):
         _kernels("dropout_apply", x.dtype)(x.size, x, y, np.int64(x.size), seed, threshold, scale)
     else:
-        _dropout_cpu(x.reshape(-1), y.reshape(-1), seed, threshold, scale)
+        with backend.cpu_threads_for(x.size):
+            _dropout_cpu(x.reshape(-1), y.reshape(-1), seed, threshold, scale)
     return y
 
 

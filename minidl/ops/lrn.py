@@ -40,7 +40,6 @@ memory once and the sums cost O(1) per element whatever the size. The running su
 kept in float64 so adding and subtracting does not drift; everything else stays in the
 input's dtype. GPU kernels: one thread per output element, summing its window directly.
 """
-import contextlib
 
 import numba
 import numpy as np
@@ -55,20 +54,6 @@ _kernels = cuda.KernelFile(__file__)
 OP = "local_response_norm"
 CONVENTIONS = ("paper", "caffe")
 
-# Below this many elements a kernel runs on one thread: waking the others costs more than the
-# work (tens of microseconds on an idle machine, milliseconds on a busy one).
-SERIAL_BELOW = 1 << 15
-
-
-@contextlib.contextmanager
-def _threads_for(n_elements):
-    previous = numba.get_num_threads()
-    if n_elements < SERIAL_BELOW:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 # -- CPU kernels (Numba) ------------------------------------------------------------------------
@@ -184,7 +169,7 @@ def _forward_cpu(x, before, after, alpha, beta, k, save_scale):
     y = np.empty_like(x)
     scale = np.empty_like(x) if save_scale else np.empty((0, 0, 0), x.dtype)
     flat = (n, c, h * w)
-    with _threads_for(x.size):
+    with backend.cpu_threads_for(x.size):
         _forward_cpu_kernel(x.reshape(flat), y.reshape(flat),
                             scale.reshape(flat) if save_scale else scale, save_scale,
                             before, after, alpha, beta, k, _split_pixels(n, h * w))
@@ -195,7 +180,7 @@ def _backward_cpu(grad_y, x, scale, before, after, beta, two_alpha_beta):
     n, c, h, w = x.shape
     grad_x = np.empty_like(x)
     flat = (n, c, h * w)
-    with _threads_for(x.size):
+    with backend.cpu_threads_for(x.size):
         _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
                              grad_x.reshape(flat), before, after, beta, two_alpha_beta,
                              _split_pixels(n, h * w))

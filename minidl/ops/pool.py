@@ -17,9 +17,7 @@ Output size, per spatial axis (PyTorch's rule)::
 Padding is implicit -infinity and at most half the kernel, so every window holds at least one
 real input element.
 """
-import contextlib
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -30,21 +28,6 @@ from . import _checks
 _kernels = cuda.KernelFile(__file__)
 
 OP = "max_pool2d"
-
-# Below this many elements a kernel runs on one thread: waking the others costs more than the
-# work (tens of microseconds on an idle machine, milliseconds on a busy one).
-SERIAL_BELOW = 1 << 15
-
-
-@contextlib.contextmanager
-def _threads_for(n_elements):
-    previous = numba.get_num_threads()
-    if n_elements < SERIAL_BELOW:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
 
 
 def _output_size(size, kernel, stride, pad, ceil_mode):
@@ -152,7 +135,7 @@ def _forward_cpu(x, out_h, out_w, kernel, stride, pad):
     n, c, h, w = x.shape
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n, c, out_h, out_w), dtype=np.int32)
-    with _threads_for(x.size):
+    with backend.cpu_threads_for(x.size):
         _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
                             argmax.reshape(n * c, out_h, out_w), kernel[0], kernel[1],
                             stride[0], stride[1], pad[0], pad[1])
@@ -163,7 +146,7 @@ def _backward_cpu(grad_y, argmax, x_shape):
     n, c, h, w = x_shape
     grad_x = np.empty(x_shape, dtype=grad_y.dtype)
     planes, n_out = n * c, grad_y.shape[2] * grad_y.shape[3]
-    with _threads_for(grad_x.size):
+    with backend.cpu_threads_for(grad_x.size):
         _backward_cpu_kernel(grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
                              grad_x.reshape(planes, h * w))
     return grad_x
