@@ -1,0 +1,280 @@
+"""Time minidl's AlexNet and EuroNet training steps and inference, against PyTorch if installed.
+
+    python benchmarks/bench.py                    # AlexNet b32 train + inference, EuroNet b50 train
+    python benchmarks/bench.py --batch128         # also AlexNet training at batch 128 (slow)
+    python benchmarks/bench.py --device cuda      # the same on a GPU (CuPy vs PyTorch CUDA)
+    python benchmarks/bench.py --repeats 7 --only alexnet-train-32
+
+A training step is forward, loss, backward and the SGD update. Each case is warmed up first;
+the first step, which includes Numba/NVRTC compilation or loading it from cache, is reported
+separately as "first step". minidl and PyTorch steps alternate, so both see the same machine
+load, and the table gives medians with min-max. Peak memory is measured in a fresh
+subprocess per framework and case (ru_maxrss on the CPU, the pool's peak on the GPU).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import minidl  # noqa: E402
+from minidl import autograd, ops  # noqa: E402
+from minidl.models import alexnet, euronet  # noqa: E402
+from minidl.optim import SGD  # noqa: E402
+
+ALEXNET_TRAIN_GFLOP = 4.3  # per image: about 3x the 1.45 GFLOP forward (SPEC.md)
+
+CASES = {
+    # name: (model, batch, train?)
+    "alexnet-train-32": ("alexnet", 32, True),
+    "alexnet-infer-32": ("alexnet", 32, False),
+    "alexnet-train-128": ("alexnet", 128, True),
+    "euronet-train-50": ("euronet", 50, True),
+}
+
+
+# -- minidl ---------------------------------------------------------------------------------
+class MinidlCase:
+    def __init__(self, model_name, batch, train, device):
+        minidl.manual_seed(0)
+        rng = np.random.default_rng(0)
+        self.device, self.train_mode = device, train
+        if model_name == "alexnet":
+            self.model = alexnet(num_classes=1000)
+            x = rng.standard_normal((batch, 3, 227, 227), dtype=np.float32)
+            self.targets = rng.integers(0, 1000, batch)
+            self.loss_fn = ops.softmax_cross_entropy
+        else:
+            self.model = euronet(in_channels=13, num_classes=10)
+            x = rng.standard_normal((batch, 13, 64, 64), dtype=np.float32)
+            self.targets = (rng.random((batch, 10)) < 0.1).astype(np.float32)
+            self.loss_fn = ops.binary_cross_entropy_with_logits
+        self.model.to(device)
+        self.x = minidl.Tensor(x).to(device)
+        if device == "cuda":
+            import cupy
+            self.targets = cupy.asarray(self.targets)
+        self.optimizer = SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.model.train(train)
+
+    def step(self):
+        if self.train_mode:
+            loss = self.loss_fn(self.model(self.x), self.targets)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        else:
+            with minidl.no_grad():
+                self.model(self.x)
+        synchronize(self.device)
+
+    def breakdown(self):
+        with autograd.profile(lambda: synchronize(self.device)) as prof:
+            self.step()
+        return prof
+
+
+def synchronize(device):
+    if device == "cuda":
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+# -- PyTorch reference (same networks, same shapes) -----------------------------------------
+def torch_available():
+    try:
+        import torch  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+class TorchCase:
+    def __init__(self, model_name, batch, train, device, tf32):
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        if device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cudnn.benchmark = True
+        self.torch, self.device, self.train_mode = torch, device, train
+        if model_name == "alexnet":
+            lrn = lambda: nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)  # paper form
+            self.model = nn.Sequential(
+                nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(96, 256, 5, padding=2, groups=2), nn.ReLU(), lrn(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(384, 384, 3, padding=1, groups=2), nn.ReLU(),
+                nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Flatten(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5),
+                nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
+            self.x = torch.randn(batch, 3, 227, 227)
+            self.targets = torch.randint(0, 1000, (batch,))
+            self.loss_fn = nn.CrossEntropyLoss()
+        else:
+            conv = lambda i, o: [nn.Conv2d(i, o, 3, padding=1), nn.ReLU()]
+            self.model = nn.Sequential(
+                *conv(13, 28), *conv(28, 28), nn.MaxPool2d(2), *conv(28, 56), *conv(56, 56),
+                nn.MaxPool2d(2), *conv(56, 112), *conv(112, 112), nn.MaxPool2d(2), nn.Flatten(),
+                nn.Linear(7168, 784), nn.ReLU(), nn.Dropout(0.5), nn.Linear(784, 10))
+            self.x = torch.randn(batch, 13, 64, 64)
+            self.targets = (torch.rand(batch, 10) < 0.1).float()
+            self.loss_fn = nn.BCEWithLogitsLoss()
+        self.model.to(device)
+        self.x, self.targets = self.x.to(device), self.targets.to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
+                                         weight_decay=5e-4)
+        self.model.train(train)
+
+    def step(self):
+        torch = self.torch
+        if self.train_mode:
+            loss = self.loss_fn(self.model(self.x), self.targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        else:
+            with torch.no_grad():
+                self.model(self.x)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+# -- measuring ------------------------------------------------------------------------------
+def timed(step):
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def matmul_peak_gflops(device, n=2048, repeats=5):
+    if device == "cuda":
+        import cupy as xp
+    else:
+        xp = np
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = a.copy()
+    a @ b
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def peak_memory_gib(framework, case, device, tf32):
+    """Run two steps of one case in a fresh process and return its peak memory in GiB."""
+    command = [sys.executable, os.path.abspath(__file__), "--memory-probe", framework, case,
+               "--device", device] + (["--tf32"] if tf32 else [])
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        return float("nan")
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_gib"]
+
+
+def memory_probe(framework, case, device, tf32):
+    model_name, batch, train = CASES[case]
+    runner = (MinidlCase(model_name, batch, train, device) if framework == "minidl"
+              else TorchCase(model_name, batch, train, device, tf32))
+    for _ in range(2):
+        runner.step()
+    if device == "cuda":
+        if framework == "minidl":
+            import cupy
+            peak = cupy.get_default_memory_pool().total_bytes()
+        else:
+            peak = runner.torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_gib": peak / 2 ** 30}))
+
+
+def run_case(case, device, repeats, with_torch, tf32):
+    model_name, batch, train = CASES[case]
+    runners = {"minidl": MinidlCase(model_name, batch, train, device)}
+    if with_torch:
+        runners["pytorch"] = TorchCase(model_name, batch, train, device, tf32)
+    first = {name: timed(r.step) for name, r in runners.items()}  # includes JIT / cache load
+    for r in runners.values():
+        r.step()  # warm-up
+    samples = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, r in runners.items():  # alternate, so both see the same machine
+            samples[name].append(timed(r.step))
+    breakdown = runners["minidl"].breakdown()
+    return batch, first, samples, breakdown
+
+
+def format_breakdown(prof, top=14):
+    rows = sorted(prof.seconds.items(), key=lambda kv: -kv[1])
+    total = sum(prof.seconds.values())
+    lines = [f"  {'op':<22} {'input shape':<22} {'pass':<9} {'ms':>8} {'share':>6}"]
+    for (name, shape, direction), seconds in rows[:top]:
+        lines.append(f"  {name:<22} {str(shape):<22} {direction:<9} {1e3 * seconds:8.1f} "
+                     f"{100 * seconds / total:5.1f}%")
+    lines.append(f"  {'all ops':<54} {1e3 * total:8.1f}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch128", action="store_true", help="also AlexNet training at batch 128")
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES))
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(*args.memory_probe, args.device, args.tf32)
+        return
+    if args.device == "cuda" and args.tf32:
+        os.environ["CUPY_TF32"] = "1"
+    cases = args.only or [c for c in CASES if c != "alexnet-train-128" or args.batch128]
+    with_torch = torch_available() and not args.no_torch
+    peak = matmul_peak_gflops(args.device)
+    print(f"device {args.device}; {os.cpu_count()} CPU cores; NumPy {np.__version__}; "
+          f"float32 matmul 2048^3: {peak:.0f} GFLOP/s"
+          + (f"; PyTorch {__import__('torch').__version__}" if with_torch else "; PyTorch not installed")
+          + ("; TF32 allowed" if args.tf32 else "; TF32 off"))
+    table, details = [], []
+    for case in cases:
+        batch, first, samples, breakdown = run_case(case, args.device, args.repeats, with_torch, args.tf32)
+        rates = {}
+        for name, times in samples.items():
+            median = statistics.median(times)
+            rates[name] = batch / median
+            memory = (float("nan") if args.no_memory
+                      else peak_memory_gib(name, case, args.device, args.tf32))
+            share = ""
+            if case.startswith("alexnet-train"):
+                share = f"{100 * rates[name] * ALEXNET_TRAIN_GFLOP / peak:5.1f}%"
+            table.append(f"| {case} | {name} | {batch / median:7.1f} | {1e3 * median:8.0f} "
+                         f"({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | {1e3 * first[name]:7.0f} "
+                         f"| {memory:5.2f} | {share} |")
+        if "pytorch" in rates:
+            table.append(f"| {case} | **minidl / pytorch** | **{rates['minidl'] / rates['pytorch']:.2f}x** | | | | |")
+        details.append(f"\n{case}: minidl per-op breakdown of one step\n{format_breakdown(breakdown)}")
+    print("\n| case | framework | img/s | step ms median (min-max) | first step ms | peak GiB | of matmul peak |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(table))
+    print("\n".join(details))
+
+
+if __name__ == "__main__":
+    main()
