@@ -15,7 +15,7 @@ def _numba_cache_dir():
 
 _numba_cache_dir()
 
-from . import autograd, backend, cuda, ops, layers  # noqa: E402
+from . import autograd, backend, cuda, ops, layers, optim, models  # noqa: E402
 from .autograd import Function, is_grad_enabled, no_grad  # noqa: E402
 from .gradcheck import GradcheckError, gradcheck  # noqa: E402
 from .random import manual_seed  # noqa: E402
@@ -23,4 +23,4 @@ from .tensor import Tensor, tensor  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck",
-           "GradcheckError", "manual_seed", "ops", "layers", "cuda", "backend"]
+           "GradcheckError", "manual_seed", "ops", "layers", "optim", "models", "cuda", "backend"]
