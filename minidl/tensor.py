@@ -67,6 +67,9 @@ class Tensor:
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
         where = "" if self.device == "cpu" else f", device='{self.device}'"
+        if self.size <= 8:  # small tensors (a loss, a few logits) show their values
+            values = np.array2string(self.numpy(), precision=4, separator=", ")
+            return f"Tensor({values}, dtype={self.dtype}{where}{extra})"
         return f"Tensor(shape={self.shape}, dtype={self.dtype}{where}{extra})"
 
     # -- conversions ------------------------------------------------------------------
