@@ -10,17 +10,27 @@ the first step, which includes Numba/NVRTC compilation or loading it from cache,
 separately as "first step". minidl and PyTorch steps alternate, so both see the same machine
 load, and the table gives medians with min-max. Peak memory is measured in a fresh
 subprocess per framework and case (ru_maxrss on the CPU, the pool's peak on the GPU).
-"""
-import argparse
-import json
-import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
 
-import numpy as np
+OpenBLAS: its worker threads spin for ~0.1 s after every matrix product, and on a 2-core
+machine they then take a core from the Numba kernel that runs next (im2col, pooling, LRN...).
+OPENBLAS_THREAD_TIMEOUT=4 (spin 2**4 cycles) stops that, but OpenBLAS reads it only when it is
+loaded, so this script sets it (unless already set) before anything imports NumPy; PyTorch
+has its own BLAS and threads and is not affected. Set it the same way in your own training
+scripts, or export it in the shell.
+"""
+import os
+
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy is imported: see above
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

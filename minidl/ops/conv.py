@@ -288,7 +288,11 @@ class Conv2dFunction(Function):
         # dx is skipped when the input needs no gradient (the first layer's images): that
         # saves a GEMM and a col2im per chunk.
         grad_x = xp.empty_like(x) if need_x else None
-        grad_w = xp.zeros((groups, og, rg), dtype=x.dtype) if need_w else None
+        # dW is computed transposed, dW_g^T = cols_g @ dY_g^T (rg, og), and turned round once
+        # at the end: with the long pixel axis as the inner dimension, OpenBLAS runs this
+        # orientation 1.3-4x faster than dY_g @ cols_g^T on AlexNet's and EuroNet's shapes
+        # (e.g. conv1 at batch 32: 142 vs 480 ms, 2 cores).
+        grad_wt = xp.empty((groups, rg, og), dtype=x.dtype) if need_w else None
         grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
 
         chunk = geo.chunk_size(x.dtype.itemsize)
@@ -309,17 +313,18 @@ class Conv2dFunction(Function):
                 dy_g, cols_g = dy[g * og:(g + 1) * og], cols[g * rg:(g + 1) * rg]
                 if need_w:
                     if start == 0:
-                        xp.matmul(dy_g, cols_g.T, out=grad_w[g])
+                        xp.matmul(cols_g, dy_g.T, out=grad_wt[g])
                     else:
-                        grad_w[g] += xp.matmul(dy_g, cols_g.T)
+                        grad_wt[g] += xp.matmul(cols_g, dy_g.T)
                 if need_x:
                     # cols_g has given all it had to dW_g: overwrite it with dcols_g.
                     xp.matmul(w[g].T, dy_g, out=cols_g)
             if need_x:
                 _col2im(cols, grad_x[start:start + b], geo, on_cuda)
 
-        if grad_w is not None:
-            grad_w = grad_w.reshape(weight.shape)
+        grad_w = None
+        if need_w:
+            grad_w = xp.ascontiguousarray(grad_wt.transpose(0, 2, 1)).reshape(weight.shape)
         return grad_x, grad_w, grad_b, None, None, None
 
 
