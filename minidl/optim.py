@@ -12,9 +12,33 @@ zero by the same amount and so drives small weights to exactly zero. Both are re
 over-fitting.
 """
 import numpy as np
+from numba import njit, prange
 
 from . import backend
 from .autograd import no_grad
+
+# Below this many elements a parameter is updated on one thread (waking the others costs more
+# than the work: the biases).
+_PARALLEL_FROM = 1 << 16
+
+
+def _sgd_update(w, v, g, momentum, decay, lr, with_decay):
+    # v[i] <- momentum * v[i] - decay * w[i] - lr * g[i];  w[i] <- w[i] + v[i], element by
+    # element, in one pass over memory (the NumPy form below makes four passes and two
+    # temporaries: 61M AlexNet weights, ~2 GB of traffic). The scalars arrive in w's dtype
+    # and the operations are those of the NumPy form, in its order, each rounded to w's
+    # dtype, so the two give the same bits. Iteration i owns element i.
+    for i in prange(w.size):
+        vi = v[i] * momentum
+        if with_decay:
+            vi = vi - decay * w[i]
+        vi = vi - lr * g[i]
+        v[i] = vi
+        w[i] = w[i] + vi
+
+
+_sgd_update_serial = njit(cache=True)(_sgd_update)
+_sgd_update_parallel = njit(parallel=True, cache=True)(_sgd_update)
 
 
 def _positive_number(owner, name, value, allow_zero=True):
@@ -97,6 +121,12 @@ class SGD:
                     self.velocities[i] = v
                 if self.l1:
                     g = g + self.l1 * xp.sign(w)
+                if xp is np and _fusable(w, v, g):
+                    real = w.dtype.type
+                    update = _sgd_update_parallel if w.size >= _PARALLEL_FROM else _sgd_update_serial
+                    update(w.reshape(-1), v.reshape(-1), g.reshape(-1), real(self.momentum),
+                           real(decay), real(lr), bool(decay))
+                    continue
                 # v <- momentum * v - weight_decay * lr * w - lr * g, in place and in w's dtype
                 v *= self.momentum
                 if decay:
@@ -139,6 +169,14 @@ class SGD:
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}"
                 + (f", l1={self.l1}" if self.l1 else "") + ")")
+
+
+def _fusable(w, v, g):
+    """Can the one-pass Numba update run: floats of one dtype, all C-contiguous (so the flat
+    views write through to the parameter)?"""
+    return (w.dtype in (np.float32, np.float64) and v.dtype == w.dtype and g.dtype == w.dtype
+            and w.flags.c_contiguous and v.flags.c_contiguous and g.flags.c_contiguous
+            and w.flags.writeable)
 
 
 class ReduceLROnPlateau:
