@@ -9,6 +9,13 @@ kernel here would beat. ``W.T`` is a transposed *view*; BLAS reads it as it is, 
                dW = g.T @ x                only if W needs a gradient
                db = g.sum(axis=0)          only if b needs a gradient
 
+The first two are computed transposed, y^T = W @ x^T and dx^T = W^T @ g^T, and the small
+result turned round into a C-contiguous array (one copy of N x out or N x in floats, with the
+bias added on the way): with a batch of 32-128 rows, OpenBLAS on 2 threads runs that
+orientation 1.2-6x faster than x @ W^T (fc7 of AlexNet at batch 32: 17 vs 103 ms forward,
+21 vs 100 ms for dx, on a loaded 2-core machine). dW = g^T @ x is already the fast one (the
+transposed form is 4-8x slower).
+
 Each product is computed only when that input needs a gradient, and forward saves only what
 those products read (x for dW, W for dx), so a frozen layer or the first layer (whose input
 needs no gradient) keeps less alive between forward and backward.
@@ -35,9 +42,12 @@ class Linear(Function):
             raise ValueError(f"linear: bias has shape {tuple(bias.shape)}; expected "
                              f"({weight.shape[0]},), one value per output feature")
         xp = backend.array_module(x)
-        y = xp.matmul(x, weight.T)
-        if bias is not None:
-            y += bias  # in place: y is our own fresh array
+        y_t = xp.matmul(weight, x.T)  # (out, N): the fast orientation, see the module doc
+        y = xp.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+        if bias is None:
+            y[...] = y_t.T
+        else:
+            xp.add(y_t.T, bias, out=y)
         needs_x, needs_w = self.needs_input_grad[0], self.needs_input_grad[1]
         self.save_for_backward(x if needs_w else None, weight if needs_x else None)
         return y
@@ -46,7 +56,7 @@ class Linear(Function):
         x, weight = self.saved
         xp = backend.array_module(g)
         needs = self.needs_input_grad
-        grad_x = xp.matmul(g, weight) if needs[0] else None
+        grad_x = xp.ascontiguousarray(xp.matmul(weight.T, g.T).T) if needs[0] else None
         grad_w = xp.matmul(g.T, x) if needs[1] else None
         grad_b = g.sum(axis=0) if needs[2] else None
         return grad_x, grad_w, grad_b
