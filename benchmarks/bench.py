@@ -17,6 +17,12 @@ OPENBLAS_THREAD_TIMEOUT=4 (spin 2**4 cycles) stops that, but OpenBLAS reads it o
 loaded, so this script sets it (unless already set) before anything imports NumPy; PyTorch
 has its own BLAS and threads and is not affected. Set it the same way in your own training
 scripts, or export it in the shell.
+
+Allocator: unless ``--default-allocator`` is given, the script calls
+``minidl.backend.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
+arrays for the next step instead of unmapping them (see its docstring). It is process-wide:
+PyTorch, run in the same process, gets the same allocator settings, which is fair to both.
+The memory probes run in fresh processes with the same setting.
 """
 import os
 
@@ -185,10 +191,11 @@ def matmul_peak_gflops(device, n=2048, repeats=5):
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def peak_memory_gib(framework, case, device, tf32):
+def peak_memory_gib(framework, case, device, tf32, default_allocator):
     """Run two steps of one case in a fresh process and return its peak memory in GiB."""
     command = [sys.executable, os.path.abspath(__file__), "--memory-probe", framework, case,
-               "--device", device] + (["--tf32"] if tf32 else [])
+               "--device", device] + (["--tf32"] if tf32 else []) + (
+        ["--default-allocator"] if default_allocator else [])
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         return float("nan")
@@ -248,8 +255,13 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="do not call minidl.backend.tune_cpu_allocator() (see the docstring)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    allocator = "glibc default allocator"
+    if args.device == "cpu" and not args.default_allocator and minidl.backend.tune_cpu_allocator():
+        allocator = "tune_cpu_allocator() on (both frameworks)"
     if args.memory_probe:
         memory_probe(*args.memory_probe, args.device, args.tf32)
         return
@@ -261,7 +273,8 @@ def main():
     print(f"device {args.device}; {os.cpu_count()} CPU cores; NumPy {np.__version__}; "
           f"float32 matmul 2048^3: {peak:.0f} GFLOP/s"
           + (f"; PyTorch {__import__('torch').__version__}" if with_torch else "; PyTorch not installed")
-          + ("; TF32 allowed" if args.tf32 else "; TF32 off"))
+          + ("; TF32 allowed" if args.tf32 else "; TF32 off")
+          + f"; {allocator}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     table, details = [], []
     for case in cases:
         batch, first, samples, breakdown = run_case(case, args.device, args.repeats, with_torch, args.tf32)
@@ -270,7 +283,8 @@ def main():
             median = statistics.median(times)
             rates[name] = batch / median
             memory = (float("nan") if args.no_memory
-                      else peak_memory_gib(name, case, args.device, args.tf32))
+                      else peak_memory_gib(name, case, args.device, args.tf32,
+                                           args.default_allocator))
             share = ""
             if case.startswith("alexnet-train"):
                 share = f"{100 * rates[name] * ALEXNET_TRAIN_GFLOP / peak:5.1f}%"
