@@ -34,12 +34,13 @@ The CPU runs im2col/col2im as Numba loops below, the GPU as the CUDA kernels in 
 everything else is the same code on ``xp``.
 """
 import threading
+import weakref
 
 import numpy as np
 from numba import njit, prange
 
 from .. import backend, cuda
-from ..autograd import Function
+from ..autograd import Function, is_grad_enabled
 from ..tensor import Tensor
 from . import _checks
 
@@ -51,6 +52,14 @@ OP = "conv2d"
 # (one chunk for conv1 and conv2) measured 3-5 % faster than 128 MiB and ~20 % faster than
 # 32 MiB. The buffers stay allocated between calls (see clear_workspace).
 WORKSPACE_BYTES = 256 * 2**20
+
+# Forward may keep its columns for backward, which then skips recomputing them (one im2col
+# per layer, ~190 ms of an AlexNet step at batch 32 on 2 cores). It does so only when the
+# whole batch is one chunk and while the columns kept by all layers alive together stay under
+# this many bytes, taken greedily in forward order: at batch 32 that is conv1 and conv2
+# (364 MB), at batch 128 only conv3 (200 MB), so the peak memory of a step grows by at most
+# this much. 0 turns keeping off.
+KEEP_COLUMNS_BYTES = 384 * 2**20
 
 _kernels = cuda.KernelFile(__file__)
 
@@ -210,6 +219,36 @@ def _buffer(xp, role, shape, dtype):
     return flat[:size].reshape(shape)
 
 
+_kept = {"bytes": 0}
+_kept_lock = threading.Lock()
+
+
+def _reserve_kept(nbytes):
+    """Count ``nbytes`` of kept columns against KEEP_COLUMNS_BYTES; False if they do not fit."""
+    with _kept_lock:
+        if _kept["bytes"] + nbytes > KEEP_COLUMNS_BYTES:
+            return False
+        _kept["bytes"] += nbytes
+        return True
+
+
+def _unreserve_kept(nbytes):
+    with _kept_lock:
+        _kept["bytes"] -= nbytes
+
+
+def _kept_columns(xp, shape, dtype):
+    """A fresh columns array counted against the budget until it is garbage (or None)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if not _reserve_kept(nbytes):
+        return None
+    cols = xp.empty(shape, dtype=dtype)
+    # Freed with the graph (Function.release drops it) or when the graph is dropped
+    # without a backward: either way the budget gets the bytes back.
+    weakref.finalize(cols, _unreserve_kept, nbytes)
+    return cols
+
+
 def clear_workspace():
     """Free the buffers conv2d keeps between calls (they are recreated on the next call)."""
     _workspace.__dict__.pop("buffers", None)
@@ -259,16 +298,19 @@ class Conv2dFunction(Function):
         geo = _Geometry(x.shape, weight.shape, stride, padding, groups)
         on_cuda = backend.uses_cuda_kernels(x)
         self.geo, self.on_cuda = geo, on_cuda
-        self.save_for_backward(x, weight)
 
         # (O, C_g, kH, kW) -> (groups, O_g, C_g*kH*kW): row (c, ki, kj) matches the cols rows.
         w = weight.reshape(groups, geo.out_per_group, geo.rows_per_group)
         y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
         chunk = geo.chunk_size(x.dtype.itemsize)
         rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
+        kept = None  # this batch's columns, if kept for backward (see KEEP_COLUMNS_BYTES)
+        if chunk == geo.batch and is_grad_enabled() and self.needs_input_grad[1]:
+            kept = _kept_columns(xp, (geo.rows, geo.batch * n_pix), x.dtype)
+        self.save_for_backward(x, weight, kept)
         for start in range(0, geo.batch, chunk):
             b = min(chunk, geo.batch - start)
-            cols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
+            cols = kept if kept is not None else _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
             _im2col(x[start:start + b], cols, geo, on_cuda)
             product = _buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
             for g in range(groups):
@@ -283,7 +325,7 @@ class Conv2dFunction(Function):
         return y
 
     def backward(self, grad_output):
-        x, weight = self.saved
+        x, weight, kept = self.saved
         geo, on_cuda = self.geo, self.on_cuda
         xp = backend.array_module(x)
         need_x, need_w, need_b = self.needs_input_grad[:3]
@@ -314,9 +356,15 @@ class Conv2dFunction(Function):
                 grad_b += dy.sum(axis=1)
             if not (need_x or need_w):
                 continue
-            cols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
-            if need_w:
-                _im2col(x[start:start + b], cols, geo, on_cuda)
+            if kept is not None:
+                # forward's columns of the whole batch (then one chunk); dcols goes to the
+                # workspace so that kept stays intact for a second backward (retain_graph).
+                cols = kept
+                dcols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
+            else:
+                cols = dcols = _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
+                if need_w:
+                    _im2col(x[start:start + b], cols, geo, on_cuda)
             for g in range(groups):
                 dy_g, cols_g = dy[g * og:(g + 1) * og], cols[g * rg:(g + 1) * rg]
                 if need_w:
@@ -325,10 +373,10 @@ class Conv2dFunction(Function):
                     else:
                         grad_wt[g] += xp.matmul(cols_g, dy_g.T)
                 if need_x:
-                    # cols_g has given all it had to dW_g: overwrite it with dcols_g.
-                    xp.matmul(w[g].T, dy_g, out=cols_g)
+                    # cols_g has given all it had to dW_g: dcols_g may overwrite it.
+                    xp.matmul(w[g].T, dy_g, out=dcols[g * rg:(g + 1) * rg])
             if need_x:
-                _col2im(cols, grad_x[start:start + b], geo, on_cuda)
+                _col2im(dcols, grad_x[start:start + b], geo, on_cuda)
 
         grad_w = None
         if need_w:

@@ -1,0 +1,93 @@
+"""The fast paths added for speed give the same results as the plain ones: conv2d keeping
+its forward columns for backward (and giving their memory back), and SGD's fused CPU update
+(bit-identical to the NumPy form). No timings here: benchmarks/bench.py measures those."""
+import gc
+
+import numpy as np
+import pytest
+
+import minidl
+from minidl.layers import Parameter
+from minidl.ops import conv as conv_module
+from minidl.ops.conv import conv2d
+from minidl.optim import SGD
+import minidl.optim as optim_module
+
+
+def conv_grads(kernels, x, w, b, retain=False, stride=1, padding=1, groups=2):
+    xt, wt, bt = (kernels.tensor(a, requires_grad=True) for a in (x, w, b))
+    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(x.dtype)
+    y.backward(kernels.tensor(g), retain_graph=retain)
+    out = [kernels.numpy(a) for a in (y, xt.grad, wt.grad, bt.grad)]
+    if retain:  # a second backward adds the same gradients again
+        y.backward(kernels.tensor(g))
+        out += [kernels.numpy(a) for a in (xt.grad, wt.grad, bt.grad)]
+    return out
+
+
+def inputs(dtype=np.float64):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((3, 4, 7, 6)).astype(dtype),
+            rng.standard_normal((6, 2, 3, 3)).astype(dtype),
+            rng.standard_normal(6).astype(dtype))
+
+
+def test_kept_columns_give_the_same_gradients(kernels, monkeypatch):
+    x, w, b = inputs()
+    kept = conv_grads(kernels, x, w, b)
+    monkeypatch.setattr(conv_module, "KEEP_COLUMNS_BYTES", 0)  # recompute them in backward
+    recomputed = conv_grads(kernels, x, w, b)
+    for name, a, c in zip(("y", "dx", "dw", "db"), kept, recomputed):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_kept_columns_survive_a_retained_graph(kernels):
+    x, w, b = inputs()
+    y, dx, dw, db, dx2, dw2, db2 = conv_grads(kernels, x, w, b, retain=True)
+    for name, once, twice in (("dx", dx, dx2), ("dw", dw, dw2), ("db", db, db2)):
+        np.testing.assert_allclose(twice, 2 * once, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_kept_columns_are_given_back(kernels):
+    gc.collect()
+    before = conv_module._kept["bytes"]
+    x, w, b = inputs()
+    xt, wt = kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)
+    y = conv2d(xt, wt, None, padding=1, groups=2)
+    assert conv_module._kept["bytes"] > before  # kept for backward
+    y.backward(kernels.tensor(np.ones(y.shape)))
+    gc.collect()
+    assert conv_module._kept["bytes"] == before  # freed with the graph
+    y = conv2d(xt, wt, None, padding=1, groups=2)
+    del y  # a graph dropped without backward gives them back too
+    gc.collect()
+    assert conv_module._kept["bytes"] == before
+    with minidl.no_grad():
+        conv2d(xt, wt, None, padding=1, groups=2)
+        assert conv_module._kept["bytes"] == before  # nothing kept without a graph
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0005, 0.0])
+def test_fused_sgd_is_bit_identical_to_numpy(monkeypatch, dtype, weight_decay):
+    rng = np.random.default_rng(1)
+    shapes = [(300, 301), (7,), (4, 3, 2, 2)]  # one large enough for the parallel kernel
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+
+    def run(fused):
+        monkeypatch.setattr(optim_module, "_fusable",
+                            optim_module._fusable if fused else lambda *a: False)
+        params = [Parameter(a.copy()) for a in start]
+        opt = SGD(params, lr=0.1, momentum=0.9, weight_decay=weight_decay)
+        for step, gs in enumerate(grads):
+            opt.lr = [0.1, 0.1, 0.01][step]
+            for p, g in zip(params, gs):
+                p.grad = minidl.Tensor(g)
+            opt.step()
+        return [p.data for p in params], opt.velocities
+
+    (w1, v1), (w2, v2) = run(True), run(False)
+    for a, c in zip(w1 + v1, w2 + v2):
+        assert a.dtype == dtype and np.array_equal(a, c)
