@@ -91,3 +91,37 @@ def test_fused_sgd_is_bit_identical_to_numpy(monkeypatch, dtype, weight_decay):
     (w1, v1), (w2, v2) = run(True), run(False)
     for a, c in zip(w1 + v1, w2 + v2):
         assert a.dtype == dtype and np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_fused_relu_equals_conv_then_relu(kernels, has_bias):
+    x, w, b = inputs()
+    b = b if has_bias else None
+    results = []
+    for fused in (True, False):
+        xt, wt = kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)
+        bt = kernels.tensor(b, requires_grad=True) if has_bias else None
+        if fused:
+            y = conv2d(xt, wt, bt, padding=1, groups=2, relu=True)
+        else:
+            y = minidl.ops.relu(conv2d(xt, wt, bt, padding=1, groups=2))
+        g = np.random.default_rng(3).standard_normal(y.shape)
+        y.backward(kernels.tensor(g))
+        results.append([kernels.numpy(a) for a in (y, xt.grad, wt.grad)]
+                       + ([kernels.numpy(bt.grad)] if has_bias else []))
+    assert (results[0][0] == 0).mean() > 0.2  # the ReLU did cut something
+    for name, a, c in zip(("y", "dx", "dw", "db"), *results):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_fused_relu_gradcheck(kernels):
+    x, w, b = inputs()
+    tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert minidl.gradcheck(lambda *t: conv2d(*t, padding=1, groups=2, relu=True), tensors)
+
+
+def test_fused_relu_keeps_float32_and_rejects_non_bools():
+    x, w, b = (minidl.Tensor(a.astype(np.float32)) for a in inputs())
+    assert conv2d(x, w, b, padding=1, groups=2, relu=True).dtype == np.float32
+    with pytest.raises(TypeError, match="conv2d: relu must be True or False"):
+        conv2d(x, w, b, padding=1, groups=2, relu="yes")

@@ -145,6 +145,48 @@ def _col2im_cpu(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
                             target[ow * stride_w + shift] += source[ow]
 
 
+@njit(parallel=True, cache=True)
+def _product_to_output_cpu(product, bias, has_bias, relu, y):
+    # y[b, o, p] = product[o, b*P + p] + bias[o], then max(., 0) if relu (NaN stays NaN, as
+    # in np.maximum): the GEMM's (O, B*P) layout turned into (B, O, P) in one pass, bias and
+    # ReLU included. One iteration owns one row y[b, o] and reads one run of product.
+    batch, out_channels, pixels = y.shape
+    zero = y.dtype.type(0)
+    for row in prange(batch * out_channels):
+        b = row // out_channels
+        o = row % out_channels
+        source = product[o, b * pixels:(b + 1) * pixels]
+        target = y[b, o]
+        for p in range(pixels):
+            v = source[p]
+            if has_bias:
+                v = v + bias[o]
+            if relu and v < zero:
+                v = zero
+            target[p] = v
+
+
+@njit(parallel=True, cache=True)
+def _grad_to_product_cpu(grad, y, relu, dy):
+    # dy[o, b*P + p] = grad[b, o, p], times (y[b, o, p] > 0) if the ReLU was fused (the same
+    # product as relu's backward, so a non-finite gradient at an inactive unit gives NaN
+    # alike). The inverse layout change of _product_to_output_cpu; one iteration per (b, o).
+    batch, out_channels, pixels = grad.shape
+    one, zero = grad.dtype.type(1), grad.dtype.type(0)
+    for row in prange(batch * out_channels):
+        b = row // out_channels
+        o = row % out_channels
+        source = grad[b, o]
+        target = dy[o, b * pixels:(b + 1) * pixels]
+        if relu:
+            active = y[b, o]
+            for p in range(pixels):
+                target[p] = source[p] * (one if active[p] > zero else zero)
+        else:
+            for p in range(pixels):
+                target[p] = source[p]
+
+
 # --------------------------------------------------------------------------------------------
 # The two data-movement steps, on the CPU (Numba) or through the CUDA kernels
 # --------------------------------------------------------------------------------------------
@@ -187,6 +229,39 @@ def _im2col(x, cols, geo, on_cuda):
             np.int32(width), *(np.int32(v) for v in geo.kernel_args()))
     else:
         _im2col_cpu(x, cols, *geo.kernel_args())
+
+
+def _to_output(product, bias, relu, y, on_cuda):
+    """y (B, O, P) <- product (O, B*P) + bias, with max(., 0) if relu."""
+    if on_cuda:
+        out_channels, (batch, _, pixels) = product.shape[0], y.shape
+        source = product.reshape(out_channels, batch, pixels).transpose(1, 0, 2)
+        if bias is None:
+            y[...] = source
+        else:
+            backend.array_module(y).add(source, bias.reshape(1, -1, 1), out=y)
+        if relu:
+            backend.array_module(y).maximum(y, 0, out=y)
+        return
+    has_bias = bias is not None
+    with backend.cpu_threads_for(y.size):
+        _product_to_output_cpu(product, bias if has_bias else np.empty(0, y.dtype), has_bias,
+                               relu, y)
+
+
+def _to_product(grad, y, relu, dy, on_cuda):
+    """dy (O, B*P) <- grad (B, O, P), times (y > 0) if relu."""
+    xp = backend.array_module(grad)
+    if on_cuda:
+        out_channels, (batch, _, pixels) = dy.shape[0], grad.shape
+        target = dy.reshape(out_channels, batch, pixels)
+        if relu:
+            xp.multiply(grad.transpose(1, 0, 2), (y > 0).transpose(1, 0, 2), out=target)
+        else:
+            target[...] = grad.transpose(1, 0, 2)
+        return
+    with backend.cpu_threads_for(grad.size):
+        _grad_to_product_cpu(grad, grad if y is None else y, relu, dy)
 
 
 def _col2im(cols, dx, geo, on_cuda):
@@ -293,14 +368,14 @@ def _check_inputs(x, weight, bias, stride, padding, groups):
 
 
 class Conv2dFunction(Function):
-    def forward(self, x, weight, bias, stride, padding, groups):
+    def forward(self, x, weight, bias, stride, padding, groups, relu=False):
         _check_inputs(x, weight, bias, stride, padding, groups)
         xp = backend.array_module(x)
         x = xp.ascontiguousarray(x)
         weight = xp.ascontiguousarray(weight)
         geo = _Geometry(x.shape, weight.shape, stride, padding, groups)
         on_cuda = backend.uses_cuda_kernels(x)
-        self.geo, self.on_cuda = geo, on_cuda
+        self.geo, self.on_cuda, self.relu = geo, on_cuda, relu
 
         # (O, C_g, kH, kW) -> (groups, O_g, C_g*kH*kW): row (c, ki, kj) matches the cols rows.
         w = weight.reshape(groups, geo.out_per_group, geo.rows_per_group)
@@ -310,7 +385,9 @@ class Conv2dFunction(Function):
         kept = None  # this batch's columns, if kept for backward (see KEEP_COLUMNS_BYTES)
         if chunk == geo.batch and is_grad_enabled() and self.needs_input_grad[1]:
             kept = _kept_columns(xp, (geo.rows, geo.batch * n_pix), x.dtype)
-        self.save_for_backward(x, weight, kept)
+        # With the ReLU fused, backward needs the output's sign: keep y (the caller's
+        # array: it must not be written to, as with relu's saved output).
+        self.save_for_backward(x, weight, kept, y if relu else None)
         for start in range(0, geo.batch, chunk):
             b = min(chunk, geo.batch - start)
             cols = kept if kept is not None else _buffer(xp, "cols", (geo.rows, b * n_pix), x.dtype)
@@ -318,22 +395,18 @@ class Conv2dFunction(Function):
             product = _buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
             for g in range(groups):
                 xp.matmul(w[g], cols[g * rg:(g + 1) * rg], out=product[g * og:(g + 1) * og])
-            # (O, B, OH*OW) -> (B, O, OH*OW), adding the bias on the way.
-            source = product.reshape(geo.out_channels, b, n_pix).transpose(1, 0, 2)
-            target = y[start:start + b].reshape(b, geo.out_channels, n_pix)
-            if bias is None:
-                target[...] = source
-            else:
-                xp.add(source, bias.reshape(1, -1, 1), out=target)
+            # (O, B, OH*OW) -> (B, O, OH*OW), adding the bias (and the ReLU) on the way.
+            _to_output(product, bias, relu, y[start:start + b].reshape(b, geo.out_channels, n_pix),
+                       on_cuda)
         return y
 
     def backward(self, grad_output):
-        x, weight, kept = self.saved
+        x, weight, kept, y = self.saved
         geo, on_cuda = self.geo, self.on_cuda
         xp = backend.array_module(x)
         need_x, need_w, need_b = self.needs_input_grad[:3]
         if not (need_x or need_w or need_b):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         grad_output = xp.ascontiguousarray(grad_output, dtype=x.dtype)
         groups, rg, og, n_pix = geo.groups, geo.rows_per_group, geo.out_per_group, geo.pixels
 
@@ -353,8 +426,10 @@ class Conv2dFunction(Function):
             b = min(chunk, geo.batch - start)
             # dY chunk in the GEMM layout (O, B*OH*OW).
             dy = _buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
-            dy.reshape(geo.out_channels, b, n_pix)[...] = (
-                grad_output[start:start + b].reshape(b, geo.out_channels, n_pix).transpose(1, 0, 2))
+            flat = (b, geo.out_channels, n_pix)
+            _to_product(grad_output[start:start + b].reshape(flat),
+                        None if y is None else y[start:start + b].reshape(flat), self.relu, dy,
+                        on_cuda)
             if need_b:
                 grad_b += dy.sum(axis=1)
             if not (need_x or need_w):
@@ -384,16 +459,20 @@ class Conv2dFunction(Function):
         grad_w = None
         if need_w:
             grad_w = xp.ascontiguousarray(grad_wt.transpose(0, 2, 1)).reshape(weight.shape)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
+def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
     """2-D convolution of ``x`` (N, C, H, W) with ``weight`` (O, C // groups, kH, kW).
 
     Returns (N, O, OH, OW) with OH = (H + 2*pH - kH) // sH + 1 (likewise OW); ``bias`` is
     (O,) or None; ``stride`` and ``padding`` are an int or an (h, w) pair. ``groups`` splits
     the channels: output channels [g*O/groups, (g+1)*O/groups) see only input channels
     [g*C/groups, (g+1)*C/groups). Same semantics as ``torch.nn.functional.conv2d``.
+
+    ``relu=True`` returns ``relu(conv2d(...))`` with the ReLU fused: it is applied while the
+    output is written, and its backward mask while the gradient is read, so it costs no pass
+    over memory of its own, and the pre-activation output is never kept for backward.
     """
     for name, value in (("input", x), ("weight", weight), ("bias", bias)):
         if value is None and name == "bias":
@@ -403,7 +482,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
     stride, padding = _int_pair("stride", stride), _int_pair("padding", padding)
     if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
         raise TypeError(f"{OP}: groups must be a positive int, got {groups!r}")
-    return Conv2dFunction.apply(x, weight, bias, stride, padding, int(groups))
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"{OP}: relu must be True or False, got {relu!r}")
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, int(groups), bool(relu))
 
 
 def _int_pair(name, value):
