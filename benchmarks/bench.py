@@ -9,7 +9,7 @@ A training step is forward, loss, backward and the SGD update. Each case is warm
 the first step, which includes Numba/NVRTC compilation or loading it from cache, is reported
 separately as "first step". minidl and PyTorch steps alternate, so both see the same machine
 load, and the table gives medians with min-max. Peak memory is measured in a fresh
-subprocess per framework and case (ru_maxrss on the CPU, the pool's peak on the GPU).
+subprocess per framework and case (VmHWM on the CPU, the pool's peak on the GPU).
 
 OpenBLAS: its worker threads spin for ~0.1 s after every matrix product, and on a 2-core
 machine they then take a core from the Numba kernel that runs next (im2col, pooling, LRN...).
@@ -215,8 +215,22 @@ def memory_probe(framework, case, device, tf32):
         else:
             peak = runner.torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
     print(json.dumps({"peak_gib": peak / 2 ** 30}))
+
+
+def peak_rss_bytes():
+    """This process's peak resident size. On Linux, VmHWM of /proc/self/status: ru_maxrss
+    is not reset by exec, so a probe started from the (large) benchmark process would report
+    the parent's peak instead of its own."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_case(case, device, repeats, with_torch, tf32):
