@@ -324,7 +324,11 @@ def _kept_columns(xp, shape, dtype):
     cols = xp.empty(shape, dtype=dtype)
     # Freed with the graph (Function.release drops it) or when the graph is dropped
     # without a backward: either way the budget gets the bytes back.
-    weakref.finalize(cols, _unreserve_kept, nbytes)
+    try:
+        weakref.finalize(cols, _unreserve_kept, nbytes)
+    except TypeError:  # an array type without weak references: do not keep
+        _unreserve_kept(nbytes)
+        return None
     return cols
 
 
