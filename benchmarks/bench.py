@@ -22,7 +22,9 @@ Allocator: unless ``--default-allocator`` is given, the script calls
 ``minidl.backend.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
 arrays for the next step instead of unmapping them (see its docstring). It is process-wide:
 PyTorch, run in the same process, gets the same allocator settings, which is fair to both.
-The memory probes run in fresh processes with the same setting.
+The memory probes run in fresh processes with the same setting. Likewise ``import minidl``
+sets OMP_WAIT_POLICY=PASSIVE (unless set) before PyTorch is imported here, so PyTorch's
+OpenMP workers sleep between ops too.
 """
 import os
 
