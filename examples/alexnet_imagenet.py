@@ -22,8 +22,14 @@ epoch with the lowest validation error), metrics.jsonl, curves.png, filters_conv
 feature_maps_conv{1,2,3}.png (for one validation image, after ReLU) and grad_cam_*.png (where
 the network looks, for a few validation images).
 
-The demo's settings differ from ImageNet's where 5 minutes on a laptop-class CPU demand it;
-each is printed when the run starts. See ``--help``.
+The demo (no ``--data``) keeps the recipe and shrinks the rest to fit 5 minutes on 2 CPU
+cores: 4 classes of 75 training and 20 validation images, batch 16, 8 epochs of 18 steps, the
+rate dropped after one epoch without improvement and at most once. One departure from the
+paper: the initial weights are scaled to each layer's fan-in (``--init scaled``; see
+``scaled_init``), since with the published ones AlexNet stays at chance for far longer than
+150 steps. Measured on 2 cores, with Numba compiling from a cold cache and the demo images
+written first: about 3 minutes; the training loss falls from 1.41 (chance: ln 4 = 1.39) to
+0.16 and the ten-crop validation accuracy reaches 95 % (chance: 25 %).
 """
 import argparse
 import math
@@ -56,8 +62,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="alexnet_imagenet.py",
         description="Train AlexNet (Krizhevsky et al., 2012) with the paper's recipe on an "
-                    "ImageNet-layout folder, or on a small generated demo set when --data is absent.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "ImageNet-layout folder, or on a small generated demo set when --data is absent.")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder with train/<class>/*.JPEG and val/<class>/*.JPEG; "
                              "without it a generated demo set is used")
@@ -67,9 +72,9 @@ def build_parser():
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"images per SGD step (default {PAPER['batch_size']}, the paper's; "
                              f"{DEMO['batch_size']} for the demo, to fit its 5-minute budget)")
-    parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=0.0005)
+    parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="(default %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=0.0005, help="(default %(default)s)")
     parser.add_argument("--lr-patience", type=int, default=None,
                         help="epochs without a better validation error before the rate is divided "
                              f"by 10 (default {PAPER['lr_patience']}; {DEMO['lr_patience']} for "
@@ -80,14 +85,14 @@ def build_parser():
     parser.add_argument("--variant", choices=("paper", "caffe"), default="paper",
                         help="'paper': LRN with k=2 and the paper's initial weights; 'caffe': the "
                              "Caffe reference model's LRN and initial weights (biases 0.1, smaller "
-                             "fc6/fc7 weights)")
+                             "fc6/fc7 weights); default %(default)s")
     parser.add_argument("--init", choices=("published", "scaled"), default=None,
                         help="'published': the variant's initial weights (N(0, 0.01), ...); "
                              "'scaled': N(0, 1/fan_in) weights and zero biases, which start "
                              "learning within a few dozen steps, where the published ones stay at "
                              "chance for longer than the demo lasts (default "
                              f"{PAPER['init']!r}; {DEMO['init']!r} for the demo)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (needs CuPy and an NVIDIA GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs CuPy and an NVIDIA GPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default runs/alexnet, runs/alexnet-demo for the demo)")
     parser.add_argument("--resume", action="store_true",
@@ -97,19 +102,19 @@ def build_parser():
     parser.add_argument("--val-images", type=int, default=None,
                         help="validate on this many validation images only (a seeded random "
                              "choice); default all")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="data-loading threads (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches (default %(default)s)")
     parser.add_argument("--grad-cam-images", type=int, default=3,
-                        help="validation images (one per class) to draw Grad-CAM maps for")
+                        help="validation images (one per class) to draw Grad-CAM maps for (default %(default)s)")
     demo = parser.add_argument_group("demo data (used when --data is absent)")
     demo.add_argument("--demo-dir", type=Path, default=None,
                       help=f"where the demo images are written once (default {default_root('demo-imagenet')})")
     demo.add_argument("--demo-classes", type=int, default=DEMO["classes"],
-                      help="number of classes, at most 8")
+                      help="number of classes, 2 to 8 (default %(default)s)")
     demo.add_argument("--demo-per-class", type=int, default=DEMO["per_class"],
-                      help="training images per class")
+                      help="training images per class (default %(default)s)")
     demo.add_argument("--demo-val-per-class", type=int, default=DEMO["val_per_class"],
-                      help="validation images per class")
+                      help="validation images per class (default %(default)s)")
     return parser
 
 

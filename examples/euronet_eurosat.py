@@ -20,6 +20,9 @@ one-hot labels; batch 50 for 20 epochs. The optimiser is not on the slides; this
 AlexNet's (SGD, momentum 0.9, weight decay 0.0005, the rate divided by 10 when the test loss
 stops improving). Random horizontal and vertical flips augment the training split.
 
+The demo (no ``--data``): 100 generated patches per class (80 train, 20 test), 8 epochs of
+16 steps. Measured on 2 CPU cores: about 2 minutes, test accuracy 88 % (chance: 10 %).
+
 What it writes to ``--out``: checkpoint.npz (resume with ``--resume``), best.npz, metrics.jsonl,
 curves.png, filters_conv1.png, feature_maps_conv{1,2,3}.png (for one test image, after ReLU)
 and grad_cam_*.png (class activation maps over the natural-colour image).
@@ -49,22 +52,22 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="euronet_eurosat.py",
         description="Train EuroNet on EuroSAT (multispectral or RGB), or on a small generated "
-                    "13-band demo set when --data is absent.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "13-band demo set when --data is absent.")
     parser.add_argument("--data", type=Path, default=None,
                         help="the EuroSAT MS or RGB folder (class folders inside); without it a "
                              "generated demo set is used")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"epochs in all, resumed ones included (default {STUDY['epochs']}, "
                              f"the study's; {DEMO['epochs']} for the demo)")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per SGD step (the study's 50)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per SGD step (default %(default)s, the study's)")
     parser.add_argument("--lr", type=float, default=0.05,
                         help="initial learning rate; higher than AlexNet's 0.01 because the binary "
                              "cross-entropy averages over the 10 outputs as well as the batch, which "
                              "makes its gradients about 10 times smaller than a softmax loss's (on "
-                             "the demo 0.01 stays at chance for 8 epochs and 0.1 is unstable)")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight-decay", type=float, default=0.0005)
+                             "the demo 0.01 stays at chance for 8 epochs and 0.1 is unstable; "
+                             "default %(default)s)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="(default %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=0.0005, help="(default %(default)s)")
     parser.add_argument("--lr-patience", type=int, default=None,
                         help="epochs without a better test loss before the rate is divided by 10 "
                              f"(default {STUDY['lr_patience']}; {DEMO['lr_patience']} for the demo)")
@@ -74,22 +77,22 @@ def build_parser():
     parser.add_argument("--bands", default=None,
                         help="comma-separated bands to use, e.g. B04,B03,B02 (default: all 13, in "
                              "wavelength order, or R,G,B for the RGB release)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (needs CuPy and an NVIDIA GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs CuPy and an NVIDIA GPU)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default runs/euronet, runs/euronet-demo for the demo)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from --out/checkpoint.npz (give the same settings)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many SGD steps in all, for a quick look")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading threads")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the batches")
+    parser.add_argument("--workers", type=int, default=2, help="data-loading threads (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the batches (default %(default)s)")
     parser.add_argument("--grad-cam-images", type=int, default=3,
-                        help="test images (one per class) to draw Grad-CAM maps for")
+                        help="test images (one per class) to draw Grad-CAM maps for (default %(default)s)")
     demo = parser.add_argument_group("demo data (used when --data is absent)")
     demo.add_argument("--demo-dir", type=Path, default=None,
                       help=f"where the demo GeoTIFFs are written once (default {default_root('demo-eurosat')})")
     demo.add_argument("--demo-per-class", type=int, default=DEMO["per_class"],
-                      help="images per class (4:1 into train and test)")
+                      help="images per class, split 4:1 into train and test (default %(default)s)")
     return parser
 
 
