@@ -40,7 +40,7 @@ from minidl.data import DataLoader, eurosat_splits, make_demo_eurosat
 from minidl.data.demo import default_root
 from minidl.models import euronet, summary
 from minidl.optim import SGD, ReduceLROnPlateau
-from minidl.train import binary_error, evaluate, fit, top1, with_one_hot
+from minidl.train import binary_error, evaluate, fit, sigmoid, top1, with_one_hot
 
 # The no-argument demo: ten classes of generated 13-band patches (the real set has 2,000-3,000
 # per class), trained for a few epochs so the run takes a couple of minutes on 2 CPU cores.
@@ -99,13 +99,6 @@ def build_parser():
 def fail(message):
     """Stop with a one-line error (exit status 1) instead of a traceback."""
     raise SystemExit(f"euronet_eurosat.py: error: {message}")
-
-
-def sigmoid(outputs):
-    """The logistic function as 0.5 * (1 + tanh(x / 2)): the same values as 1 / (1 + exp(-x)),
-    without overflowing exp for very negative logits (minidl.train.sigmoid warns there)."""
-    xp = backend.array_module(outputs)
-    return 0.5 * (1 + xp.tanh(outputs * 0.5))
 
 
 def display_bands(bands):

@@ -51,9 +51,11 @@ def softmax(outputs):
 
 
 def sigmoid(outputs):
-    """Element-wise logistic function, for models with independent sigmoid outputs."""
+    """Element-wise logistic function, for models with independent sigmoid outputs. Written
+    as 0.5 * (1 + tanh(x / 2)): the same values as 1 / (1 + exp(-x)) without overflowing
+    exp (and warning) for very negative logits."""
     xp = backend.array_module(outputs)
-    return 1.0 / (1.0 + xp.exp(-outputs))
+    return 0.5 * (1 + xp.tanh(outputs * 0.5))
 
 
 def identity(outputs):
