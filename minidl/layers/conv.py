@@ -12,11 +12,17 @@ class Conv2d(Module):
 
     Weights have shape (out_channels, in_channels // groups, kH, kW) and start, as in PyTorch,
     uniform in +-1/sqrt(fan_in); models that need another initialisation (AlexNet) set it.
+    ``algorithm`` is passed to ``ops.conv2d``: "auto" (Winograd for 3x3 at stride 1, im2col
+    otherwise), "im2col" or "winograd".
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=True, dtype=np.float32):
+                 bias=True, dtype=np.float32, algorithm="auto"):
         super().__init__()
+        if algorithm not in ops.conv.ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {ops.conv.ALGORITHMS}, "
+                             f"got {algorithm!r}")
+        self.algorithm = algorithm
         positive_ints("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
@@ -34,7 +40,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         return ops.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                          groups=self.groups)
+                          groups=self.groups, algorithm=self.algorithm)
 
     def extra_repr(self):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -43,4 +49,6 @@ class Conv2d(Module):
             text += f", groups={self.groups}"
         if self.bias is None:
             text += ", bias=False"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm!r}"
         return text

@@ -467,7 +467,10 @@ class Conv2dFunction(Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False, algorithm="auto"):
     """2-D convolution of ``x`` (N, C, H, W) with ``weight`` (O, C // groups, kH, kW).
 
     Returns (N, O, OH, OW) with OH = (H + 2*pH - kH) // sH + 1 (likewise OW); ``bias`` is
@@ -478,6 +481,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
     ``relu=True`` returns ``relu(conv2d(...))`` with the ReLU fused: it is applied while the
     output is written, and its backward mask while the gradient is read, so it costs no pass
     over memory of its own, and the pre-activation output is never kept for backward.
+
+    ``algorithm`` picks how it is computed: ``"im2col"`` (this module, any geometry),
+    ``"winograd"`` (F(2x2, 3x3) in ``winograd.py``: 3x3 kernels at stride 1 only, 2.25x fewer
+    multiply-adds) or ``"auto"``, which takes Winograd wherever it applies. Both give the
+    same results up to float rounding.
     """
     for name, value in (("input", x), ("weight", weight), ("bias", bias)):
         if value is None and name == "bias":
@@ -489,7 +497,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1, relu=False):
         raise TypeError(f"{OP}: groups must be a positive int, got {groups!r}")
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{OP}: relu must be True or False, got {relu!r}")
-    return Conv2dFunction.apply(x, weight, bias, stride, padding, int(groups), bool(relu))
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{OP}: algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, "
+                         f"got {algorithm!r}")
+    # Imported here, not at the top: winograd.py builds on this module's checks and workspace.
+    from . import winograd
+    function = Conv2dFunction
+    if algorithm == "winograd" or (algorithm == "auto"
+                                   and winograd.supports(weight.shape, stride)):
+        function = winograd.WinogradConv2dFunction
+    return function.apply(x, weight, bias, stride, padding, int(groups), bool(relu))
 
 
 def _int_pair(name, value):
