@@ -1,5 +1,6 @@
-"""conv2d: forward against a plain-loop reference, float64 gradcheck, batch chunking, torch,
-NVRTC and bad inputs -- each numerical test on every kernel mode (cpu, cuda_on_cpu, cuda)."""
+"""conv2d by im2col (algorithm="im2col"; test_winograd.py covers the Winograd path): forward
+against a plain-loop reference, float64 gradcheck, batch chunking, torch, NVRTC and bad inputs
+-- each numerical test on every kernel mode (cpu, cuda_on_cpu, cuda)."""
 import numpy as np
 import pytest
 
@@ -67,7 +68,7 @@ def pair(v):
 def test_forward_matches_reference(kernels, config, dtype):
     x, w, b, stride, padding, groups = make_inputs(config, dtype)
     y = conv2d(kernels.tensor(x), kernels.tensor(w), None if b is None else kernels.tensor(b),
-               stride=stride, padding=padding, groups=groups)
+               stride=stride, padding=padding, groups=groups, algorithm="im2col")
     expected = reference_conv2d(x, w, b, pair(stride), pair(padding), groups)
     assert y.dtype == dtype
     assert y.shape == expected.shape
@@ -83,7 +84,8 @@ def test_gradcheck(kernels, config):
         tensors.append(kernels.tensor(b, requires_grad=True))
 
     def fn(xt, wt, bt=None):
-        return conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+        return conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups,
+                      algorithm="im2col")
 
     assert minidl.gradcheck(fn, tensors)
 
@@ -92,7 +94,7 @@ def run_forward_backward(kernels, x, w, b, stride, padding, groups, grad_seed=1)
     xt = kernels.tensor(x, requires_grad=True)
     wt = kernels.tensor(w, requires_grad=True)
     bt = kernels.tensor(b, requires_grad=True)
-    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups, algorithm="im2col")
     g = np.random.default_rng(grad_seed).standard_normal(y.shape).astype(x.dtype)
     y.backward(kernels.tensor(g))
     return [kernels.numpy(a) for a in (y, xt.grad, wt.grad, bt.grad)]

@@ -1,6 +1,6 @@
-"""The fast paths added for speed give the same results as the plain ones: conv2d keeping
-its forward columns for backward (and giving their memory back), and SGD's fused CPU update
-(bit-identical to the NumPy form). No timings here: benchmarks/bench.py measures those."""
+"""The fast paths added for speed give the same results as the plain ones: conv2d (im2col and
+Winograd) keeping its forward columns for backward (and giving their memory back), and SGD's
+fused CPU update (bit-identical to the NumPy form). No timings here: benchmarks/bench.py measures those."""
 import gc
 
 import numpy as np
@@ -14,9 +14,12 @@ from minidl.optim import SGD
 import minidl.optim as optim_module
 
 
-def conv_grads(kernels, x, w, b, retain=False, stride=1, padding=1, groups=2):
+ALGORITHMS = ["im2col", "winograd"]  # both keep what forward computed from the input
+
+
+def conv_grads(kernels, x, w, b, algorithm, retain=False, stride=1, padding=1, groups=2):
     xt, wt, bt = (kernels.tensor(a, requires_grad=True) for a in (x, w, b))
-    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+    y = conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups, algorithm=algorithm)
     g = np.random.default_rng(5).standard_normal(y.shape).astype(x.dtype)
     y.backward(kernels.tensor(g), retain_graph=retain)
     out = [kernels.numpy(a) for a in (y, xt.grad, wt.grad, bt.grad)]
@@ -33,38 +36,41 @@ def inputs(dtype=np.float64):
             rng.standard_normal(6).astype(dtype))
 
 
-def test_kept_columns_give_the_same_gradients(kernels, monkeypatch):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_kept_columns_give_the_same_gradients(kernels, monkeypatch, algorithm):
     x, w, b = inputs()
-    kept = conv_grads(kernels, x, w, b)
+    kept = conv_grads(kernels, x, w, b, algorithm)
     monkeypatch.setattr(conv_module, "KEEP_COLUMNS_BYTES", 0)  # recompute them in backward
-    recomputed = conv_grads(kernels, x, w, b)
+    recomputed = conv_grads(kernels, x, w, b, algorithm)
     for name, a, c in zip(("y", "dx", "dw", "db"), kept, recomputed):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def test_kept_columns_survive_a_retained_graph(kernels):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_kept_columns_survive_a_retained_graph(kernels, algorithm):
     x, w, b = inputs()
-    y, dx, dw, db, dx2, dw2, db2 = conv_grads(kernels, x, w, b, retain=True)
+    y, dx, dw, db, dx2, dw2, db2 = conv_grads(kernels, x, w, b, algorithm, retain=True)
     for name, once, twice in (("dx", dx, dx2), ("dw", dw, dw2), ("db", db, db2)):
         np.testing.assert_allclose(twice, 2 * once, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def test_kept_columns_are_given_back(kernels):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_kept_columns_are_given_back(kernels, algorithm):
     gc.collect()
     before = conv_module._kept["bytes"]
     x, w, b = inputs()
     xt, wt = kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)
-    y = conv2d(xt, wt, None, padding=1, groups=2)
+    y = conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
     assert conv_module._kept["bytes"] > before  # kept for backward
     y.backward(kernels.tensor(np.ones(y.shape)))
     gc.collect()
     assert conv_module._kept["bytes"] == before  # freed with the graph
-    y = conv2d(xt, wt, None, padding=1, groups=2)
+    y = conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
     del y  # a graph dropped without backward gives them back too
     gc.collect()
     assert conv_module._kept["bytes"] == before
     with minidl.no_grad():
-        conv2d(xt, wt, None, padding=1, groups=2)
+        conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
         assert conv_module._kept["bytes"] == before  # nothing kept without a graph
 
 
@@ -93,8 +99,9 @@ def test_fused_sgd_is_bit_identical_to_numpy(monkeypatch, dtype, weight_decay):
         assert a.dtype == dtype and np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("has_bias", [True, False])
-def test_fused_relu_equals_conv_then_relu(kernels, has_bias):
+def test_fused_relu_equals_conv_then_relu(kernels, has_bias, algorithm):
     x, w, b = inputs()
     b = b if has_bias else None
     results = []
@@ -102,9 +109,9 @@ def test_fused_relu_equals_conv_then_relu(kernels, has_bias):
         xt, wt = kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)
         bt = kernels.tensor(b, requires_grad=True) if has_bias else None
         if fused:
-            y = conv2d(xt, wt, bt, padding=1, groups=2, relu=True)
+            y = conv2d(xt, wt, bt, padding=1, groups=2, relu=True, algorithm=algorithm)
         else:
-            y = minidl.ops.relu(conv2d(xt, wt, bt, padding=1, groups=2))
+            y = minidl.ops.relu(conv2d(xt, wt, bt, padding=1, groups=2, algorithm=algorithm))
         g = np.random.default_rng(3).standard_normal(y.shape)
         y.backward(kernels.tensor(g))
         results.append([kernels.numpy(a) for a in (y, xt.grad, wt.grad)]
@@ -114,10 +121,12 @@ def test_fused_relu_equals_conv_then_relu(kernels, has_bias):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-def test_fused_relu_gradcheck(kernels):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fused_relu_gradcheck(kernels, algorithm):
     x, w, b = inputs()
     tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
-    assert minidl.gradcheck(lambda *t: conv2d(*t, padding=1, groups=2, relu=True), tensors)
+    assert minidl.gradcheck(
+        lambda *t: conv2d(*t, padding=1, groups=2, relu=True, algorithm=algorithm), tensors)
 
 
 def test_fused_relu_keeps_float32_and_rejects_non_bools():
