@@ -134,3 +134,48 @@ def test_fused_relu_keeps_float32_and_rejects_non_bools():
     assert conv2d(x, w, b, padding=1, groups=2, relu=True).dtype == np.float32
     with pytest.raises(TypeError, match="conv2d: relu must be True or False"):
         conv2d(x, w, b, padding=1, groups=2, relu="yes")
+
+
+def test_sequential_fuses_conv_relu_pairs_with_the_same_results(kernels):
+    """Sequential runs Conv2d + ReLU as conv2d(relu=True): same outputs and gradients as the
+    layers run one by one, and no separate ReLU op is recorded."""
+    from minidl import autograd
+    from minidl.layers import Conv2d, MaxPool2d, ReLU, Sequential
+
+    minidl.manual_seed(3)
+    model = Sequential(Conv2d(2, 4, 3, padding=1, dtype=np.float64), ReLU(),   # Winograd
+                       Conv2d(4, 3, 5, padding=2, dtype=np.float64), ReLU(),   # im2col
+                       MaxPool2d(2)).to("cuda" if kernels.name == "cuda" else "cpu")
+    x = np.random.default_rng(4).standard_normal((2, 2, 6, 6))
+    results = []
+    for fused in (True, False):
+        xt = kernels.tensor(x, requires_grad=True)
+        model.zero_grad()
+        with autograd.profile() as prof:
+            if fused:
+                y = model(xt)
+            else:
+                y = xt
+                for layer in model:
+                    y = layer(y)
+            y.backward(kernels.tensor(np.ones(y.shape)))
+        relu_ops = sum(1 for key in prof.seconds if key[0] == "ReLU")
+        assert relu_ops == (0 if fused else 4)  # forward and backward of each ReLU
+        results.append([kernels.numpy(a) for a in (y, xt.grad, model[0].weight.grad,
+                                                  model[2].weight.grad, model[2].bias.grad)])
+    for name, a, c in zip(("y", "dx", "dw0", "dw2", "db2"), *results):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_a_captured_layer_is_not_fused():
+    """Tapping a conv gives its pre-activation output (the pair then runs unfused)."""
+    from minidl.layers import Conv2d, ReLU, Sequential
+    from minidl.models import forward_with
+
+    minidl.manual_seed(3)
+    model = Sequential(Conv2d(2, 4, 3, padding=1), ReLU())
+    x = minidl.Tensor(np.random.default_rng(4).standard_normal((2, 2, 6, 6)).astype(np.float32))
+    out = forward_with(model, x, ["0", "1"])
+    assert (out["0"].numpy() < 0).any()  # before the ReLU
+    np.testing.assert_array_equal(out["1"].numpy(), np.maximum(out["0"].numpy(), 0))
+    np.testing.assert_array_equal(out["output"].numpy(), model(x).numpy())

@@ -38,9 +38,10 @@ class Conv2d(Module):
         self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
         self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(dtype)) if bias else None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """The convolution of ``x``; ``relu=True`` returns relu of it, fused (see ops.conv2d)."""
         return ops.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                          groups=self.groups, algorithm=self.algorithm)
+                          groups=self.groups, relu=relu, algorithm=self.algorithm)
 
     def extra_repr(self):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -157,8 +157,15 @@ class Sequential(Module):
             setattr(self, name, module)
 
     def forward(self, x):
-        for module in self._modules.values():
-            x = module(x)
+        modules = list(self._modules.values())
+        i = 0
+        while i < len(modules):
+            if i + 1 < len(modules) and _conv_then_relu(modules[i], modules[i + 1]):
+                x = modules[i](x, relu=True)  # the ReLU applied by the convolution itself
+                i += 2
+            else:
+                x = modules[i](x)
+                i += 1
         return x
 
     def __getitem__(self, index):
@@ -171,3 +178,19 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+def _conv_then_relu(module, following):
+    """Whether ``module`` is a Conv2d directly followed by a ReLU, neither of them hooked by
+    ``models.capture`` (which replaces a layer's ``forward`` to record its output).
+
+    Sequential then runs the pair as one ``conv2d(..., relu=True)``: the convolution applies
+    max(., 0) while it writes its output and the ReLU's mask while it reads the gradient,
+    which saves the ReLU's own pass over the activations each way (~7 % of a EuroNet step)
+    and gives the same values and gradients as the two layers run one after the other.
+    """
+    from .activation import ReLU
+    from .conv import Conv2d
+
+    return (type(module) is Conv2d and type(following) is ReLU
+            and "forward" not in module.__dict__ and "forward" not in following.__dict__)
