@@ -8,8 +8,14 @@
 A training step is forward, loss, backward and the SGD update. Each case is warmed up first;
 the first step, which includes Numba/NVRTC compilation or loading it from cache, is reported
 separately as "first step". minidl and PyTorch steps alternate, so both see the same machine
-load, and the table gives medians with min-max. Peak memory is measured in a fresh
-subprocess per framework and case (VmHWM on the CPU, the pool's peak on the GPU).
+load, and the table gives medians with min-max.
+
+Processes: each framework runs each case in a worker process of its own, started fresh, and
+this script asks the two workers for one step at a time, in turn. Run in one process, the two
+frameworks share one malloc heap, one set of caches and each other's idle threads: that made
+minidl's AlexNet step ~8 % slower than alone (and its times twice as spread) while PyTorch's
+was unchanged, an effect no user running one framework sees. Peak memory is the worker's
+after its first two steps (VmHWM on the CPU, the memory pool's peak on the GPU).
 
 OpenBLAS: its worker threads spin for ~0.1 s after every matrix product, and on a 2-core
 machine they then take a core from the Numba kernel that runs next (im2col, pooling, LRN...).
@@ -18,24 +24,25 @@ loaded, so this script sets it (unless already set) before anything imports NumP
 has its own BLAS and threads and is not affected. Set it the same way in your own training
 scripts, or export it in the shell.
 
-Allocator: unless ``--default-allocator`` is given, the script calls
+Allocator: unless ``--default-allocator`` is given, both workers call
 ``minidl.backend.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
-arrays for the next step instead of unmapping them (see its docstring). It is process-wide:
-PyTorch, run in the same process, gets the same allocator settings, which is fair to both.
-The memory probes run in fresh processes with the same setting. Likewise ``import minidl``
-sets OMP_WAIT_POLICY=PASSIVE (unless set) before PyTorch is imported here, so PyTorch's
-OpenMP workers sleep between ops too.
+arrays for the next step instead of unmapping them (see its docstring). PyTorch gains from it
+too (its AlexNet step at batch 32 went from ~1630 to ~1470 ms here), so both get it.
+OpenMP: ``import minidl`` sets OMP_WAIT_POLICY=PASSIVE when unset; the PyTorch worker imports
+torch first, so PyTorch keeps its default spin-waiting, ~8 % faster for it on an idle machine.
 """
 import os
+import sys
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy is imported: see above
+if sys.argv[1:3] == ["--worker", "pytorch"]:
+    import torch  # noqa: F401  -- before minidl sets OMP_WAIT_POLICY: see "OpenMP" above
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -193,32 +200,13 @@ def matmul_peak_gflops(device, n=2048, repeats=5):
     return 2 * n ** 3 / min(times) / 1e9
 
 
-def peak_memory_gib(framework, case, device, tf32, default_allocator):
-    """Run two steps of one case in a fresh process and return its peak memory in GiB."""
-    command = [sys.executable, os.path.abspath(__file__), "--memory-probe", framework, case,
-               "--device", device] + (["--tf32"] if tf32 else []) + (
-        ["--default-allocator"] if default_allocator else [])
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        return float("nan")
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_gib"]
-
-
-def memory_probe(framework, case, device, tf32):
-    model_name, batch, train = CASES[case]
-    runner = (MinidlCase(model_name, batch, train, device) if framework == "minidl"
-              else TorchCase(model_name, batch, train, device, tf32))
-    for _ in range(2):
-        runner.step()
-    if device == "cuda":
-        if framework == "minidl":
-            import cupy
-            peak = cupy.get_default_memory_pool().total_bytes()
-        else:
-            peak = runner.torch.cuda.max_memory_allocated()
-    else:
-        peak = peak_rss_bytes()
-    print(json.dumps({"peak_gib": peak / 2 ** 30}))
+def peak_memory_bytes(framework, runner, device):
+    if device != "cuda":
+        return peak_rss_bytes()
+    if framework == "minidl":
+        import cupy
+        return cupy.get_default_memory_pool().total_bytes()
+    return runner.torch.cuda.max_memory_allocated()
 
 
 def peak_rss_bytes():
@@ -235,25 +223,81 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_case(case, device, repeats, with_torch, tf32):
+def worker(framework, case, device, tf32, channel):
+    """Run one framework on one case, doing what the parent asks, one JSON line per answer."""
     model_name, batch, train = CASES[case]
-    runners = {"minidl": MinidlCase(model_name, batch, train, device)}
+    runner = (MinidlCase(model_name, batch, train, device) if framework == "minidl"
+              else TorchCase(model_name, batch, train, device, tf32))
+    print(json.dumps({"ready": True}), file=channel, flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            answer = {"seconds": timed(runner.step)}
+        elif command == "peak":
+            answer = {"peak_gib": peak_memory_bytes(framework, runner, device) / 2 ** 30}
+        elif command == "breakdown":
+            prof = runner.breakdown()
+            answer = {"breakdown": [list(key) + [seconds] for key, seconds in prof.seconds.items()]}
+        else:
+            return
+        print(json.dumps(answer), file=channel, flush=True)
+
+
+class Worker:
+    """The parent's end of one worker process."""
+
+    def __init__(self, framework, case, args):
+        self.name = f"{framework} worker for {case}"
+        command = [sys.executable, os.path.abspath(__file__), "--worker", framework, case,
+                   "--device", args.device] + (["--tf32"] if args.tf32 else []) + (
+            ["--default-allocator"] if args.default_allocator else [])
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+
+    def read(self):
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench: the {self.name} exited early (its error is above)")
+        return json.loads(line)
+
+    def ask(self, command):
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self.read()
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+
+def run_case(case, args, with_torch):
+    batch = CASES[case][1]
+    workers = {"minidl": Worker("minidl", case, args)}
     if with_torch:
-        runners["pytorch"] = TorchCase(model_name, batch, train, device, tf32)
-    first = {name: timed(r.step) for name, r in runners.items()}  # includes JIT / cache load
-    for r in runners.values():
-        r.step()  # warm-up
-    samples = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, r in runners.items():  # alternate, so both see the same machine
-            samples[name].append(timed(r.step))
-    breakdown = runners["minidl"].breakdown()
-    return batch, first, samples, breakdown
+        workers["pytorch"] = Worker("pytorch", case, args)
+    try:
+        for w in workers.values():
+            w.read()  # ready: model built
+        first = {name: w.ask("step")["seconds"] for name, w in workers.items()}  # JIT, caches
+        for w in workers.values():
+            w.ask("step")  # warm-up
+        peaks = {name: w.ask("peak")["peak_gib"] for name, w in workers.items()}  # two steps
+        samples = {name: [] for name in workers}
+        for _ in range(args.repeats):
+            for name, w in workers.items():  # alternate, so both see the same machine
+                samples[name].append(w.ask("step")["seconds"])
+        breakdown = {(op, tuple(shape), direction): seconds for op, shape, direction, seconds
+                     in workers["minidl"].ask("breakdown")["breakdown"]}
+    finally:
+        for w in workers.values():
+            w.close()
+    return batch, first, samples, peaks, breakdown
 
 
-def format_breakdown(prof, top=14):
-    rows = sorted(prof.seconds.items(), key=lambda kv: -kv[1])
-    total = sum(prof.seconds.values())
+def format_breakdown(seconds, top=14):
+    rows = sorted(seconds.items(), key=lambda kv: -kv[1])
+    total = sum(seconds.values())
     lines = [f"  {'op':<22} {'input shape':<22} {'pass':<9} {'ms':>8} {'share':>6}"]
     for (name, shape, direction), seconds in rows[:top]:
         lines.append(f"  {name:<22} {str(shape):<22} {direction:<9} {1e3 * seconds:8.1f} "
@@ -269,20 +313,24 @@ def main():
     parser.add_argument("--batch128", action="store_true", help="also AlexNet training at batch 128")
     parser.add_argument("--only", nargs="*", choices=sorted(CASES))
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both")
     parser.add_argument("--default-allocator", action="store_true",
                         help="do not call minidl.backend.tune_cpu_allocator() (see the docstring)")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda" and args.tf32:
+        os.environ["CUPY_TF32"] = "1"  # before CuPy is imported; inherited by the workers
     allocator = "glibc default allocator"
     if args.device == "cpu" and not args.default_allocator and minidl.backend.tune_cpu_allocator():
         allocator = "tune_cpu_allocator() on (both frameworks)"
-    if args.memory_probe:
-        memory_probe(*args.memory_probe, args.device, args.tf32)
+    if args.worker:
+        # The answers go out on a copy of stdout; stdout itself then points at stderr, so
+        # that nothing else printed in the worker can garble them.
+        channel = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        worker(*args.worker, args.device, args.tf32, channel)
         return
-    if args.device == "cuda" and args.tf32:
-        os.environ["CUPY_TF32"] = "1"
     cases = args.only or [c for c in CASES if c != "alexnet-train-128" or args.batch128]
     with_torch = torch_available() and not args.no_torch
     peak = matmul_peak_gflops(args.device)
@@ -290,17 +338,16 @@ def main():
           f"float32 matmul 2048^3: {peak:.0f} GFLOP/s"
           + (f"; PyTorch {__import__('torch').__version__}" if with_torch else "; PyTorch not installed")
           + ("; TF32 allowed" if args.tf32 else "; TF32 off")
-          + f"; {allocator}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+          + f"; {allocator}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}"
+          + "; one worker process per framework and case")
     table, details = [], []
     for case in cases:
-        batch, first, samples, breakdown = run_case(case, args.device, args.repeats, with_torch, args.tf32)
+        batch, first, samples, peaks, breakdown = run_case(case, args, with_torch)
         rates = {}
         for name, times in samples.items():
             median = statistics.median(times)
             rates[name] = batch / median
-            memory = (float("nan") if args.no_memory
-                      else peak_memory_gib(name, case, args.device, args.tf32,
-                                           args.default_allocator))
+            memory = peaks[name]
             share = ""
             if case.startswith("alexnet-train"):
                 share = f"{100 * rates[name] * ALEXNET_TRAIN_GFLOP / peak:5.1f}%"

@@ -1,9 +1,11 @@
-"""Time conv2d forward+backward on AlexNet's conv1 and conv2 against torch (2 threads).
+"""Time conv2d forward+backward on AlexNet's (and EuroNet's) layers against torch (2 threads).
 
-    python benchmarks/conv_bench.py [--repeats 7] [--batch 32]
+    python benchmarks/conv_bench.py [--repeats 7] [--batch 32] [--all] [--euronet]
 
 Prints the median wall time of forward alone and of forward+backward for minidl and for
-torch.nn.functional.conv2d on the same inputs. conv1's input needs no gradient (it is the
+torch.nn.functional.conv2d on the same inputs. 3x3 stride-1 layers (AlexNet's conv3-5 with
+--all, EuroNet's six with --euronet) are timed with both of minidl's algorithms, im2col and
+Winograd F(2x2, 3x3), the one ``algorithm="auto"`` picks for them. conv1's input needs no gradient (it is the
 image), as in training; conv2's input does. Before each series of timings the script waits
 (up to a minute) for the CPU to be otherwise idle, since a shared machine skews them badly.
 
@@ -26,6 +28,14 @@ MORE_CONFIGS = {  # --all: the rest of AlexNet's convolutions
     "conv3": ((256, 13, 13), (384, 256, 3, 3), 1, 1, 1, True),
     "conv4": ((384, 13, 13), (384, 192, 3, 3), 1, 1, 2, True),
     "conv5": ((384, 13, 13), (256, 192, 3, 3), 1, 1, 2, True),
+}
+EURONET_CONFIGS = {  # --euronet: EuroNet's convolutions on 13-band 64x64 patches
+    "euro-conv1": ((13, 64, 64), (28, 13, 3, 3), 1, 1, 1, False),
+    "euro-conv2": ((28, 64, 64), (28, 28, 3, 3), 1, 1, 1, True),
+    "euro-conv3": ((28, 32, 32), (56, 28, 3, 3), 1, 1, 1, True),
+    "euro-conv4": ((56, 32, 32), (56, 56, 3, 3), 1, 1, 1, True),
+    "euro-conv5": ((56, 16, 16), (112, 56, 3, 3), 1, 1, 1, True),
+    "euro-conv6": ((112, 16, 16), (112, 112, 3, 3), 1, 1, 1, True),
 }
 
 
@@ -61,17 +71,19 @@ def median_ms(fn, repeats):
     return 1e3 * float(np.median(times))
 
 
-def bench_minidl(x, w, b, stride, padding, groups, x_grad, repeats):
+def bench_minidl(x, w, b, stride, padding, groups, x_grad, repeats, algorithm):
     xt = minidl.Tensor(x, requires_grad=x_grad)
     wt = minidl.Tensor(w, requires_grad=True)
     bt = minidl.Tensor(b, requires_grad=True)
 
     def forward():
         with minidl.no_grad():
-            return minidl.ops.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+            return minidl.ops.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups,
+                                     algorithm=algorithm)
 
     def step():
-        y = minidl.ops.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups)
+        y = minidl.ops.conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups,
+                              algorithm=algorithm)
         grad = np.ones(y.shape, dtype=y.dtype)
         y.backward(minidl.Tensor(grad))
         xt.grad = wt.grad = bt.grad = None
@@ -107,6 +119,7 @@ def main():
                         help="override conv.WORKSPACE_BYTES (MiB)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--all", action="store_true", help="also time conv3, conv4 and conv5")
+    parser.add_argument("--euronet", action="store_true", help="also time EuroNet's six convs")
     parser.add_argument("--openblas-timeout", type=int, default=None,
                         help="set OPENBLAS_THREAD_TIMEOUT before NumPy is imported")
     args = parser.parse_args()
@@ -127,17 +140,27 @@ def main():
     print(f"batch {args.batch}, workspace {conv_module.WORKSPACE_BYTES / 2**20:.0f} MiB, "
           f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}, "
           f"median of {args.repeats}, ms")
-    configs = dict(CONFIGS, **(MORE_CONFIGS if args.all else {}))
+    configs = dict(CONFIGS, **(MORE_CONFIGS if args.all else {}),
+                   **(EURONET_CONFIGS if args.euronet else {}))
+    from minidl.ops import winograd
     for name, (in_shape, w_shape, stride, padding, groups, x_grad) in configs.items():
         x = rng.standard_normal((args.batch,) + in_shape).astype(np.float32)
         w = (0.01 * rng.standard_normal(w_shape)).astype(np.float32)
         b = np.zeros(w_shape[0], dtype=np.float32)
-        fwd, step = bench_minidl(x, w, b, stride, padding, groups, x_grad, args.repeats)
-        line = f"{name}: minidl forward {fwd:7.1f}  forward+backward {step:7.1f}"
+        line = f"{name}:"
+        steps = {}
+        algorithms = (["im2col", "winograd"] if winograd.supports(w_shape, (stride, stride))
+                      else ["im2col"])
+        for algorithm in algorithms:
+            fwd, steps[algorithm] = bench_minidl(x, w, b, stride, padding, groups, x_grad,
+                                                 args.repeats, algorithm)
+            line += f" minidl {algorithm} forward {fwd:7.1f}  forward+backward {steps[algorithm]:7.1f} |"
+        if len(steps) == 2:
+            line += f" winograd speed-up fwd+bwd {steps['im2col'] / steps['winograd']:4.2f}x |"
         if torch is not None and not args.no_torch:
             t_fwd, t_step = bench_torch(x, w, b, stride, padding, groups, x_grad, args.repeats)
-            line += (f" | torch forward {t_fwd:7.1f}  forward+backward {t_step:7.1f}"
-                     f" | speed-up fwd+bwd {t_step / step:4.2f}x")
+            line += (f" torch forward {t_fwd:7.1f}  forward+backward {t_step:7.1f}"
+                     f" | minidl (auto) speed-up fwd+bwd {t_step / steps[algorithms[-1]]:4.2f}x")
         print(line, flush=True)
 
 

@@ -35,6 +35,10 @@ stops that; ``benchmarks/conv_bench.py`` measures both.
 
 The CPU runs im2col/col2im as Numba loops below, the GPU as the CUDA kernels in ``conv.cu``;
 everything else is the same code on ``xp``.
+
+3x3 convolutions at stride 1 (AlexNet's conv3-5, all of EuroNet's) go by default to
+``winograd.py`` instead, which does 2.25x fewer multiply-adds; ``conv2d(algorithm=...)``
+chooses. It shares this module's input checks, workspace and budget for kept arrays.
 """
 import threading
 import weakref
