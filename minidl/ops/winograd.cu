@@ -31,25 +31,36 @@ __device__ __forceinline__ real_t b_entry(int k, int i) {
     return (real_t)bt[i][k];
 }
 
+// Where thread `index` of a per-tile kernel works: the tile (channel, image, th, tw) in the
+// layout (channel, image, th, tw) of v and m, and the top-left pixel of its 2x2 outputs.
+struct Tile {
+    long long channel, image;
+    int top, left;
+};
+
+__device__ __forceinline__ Tile locate_tile(long long index, long long batch, int tiles_h,
+                                            int tiles_w) {
+    const long long tiles = (long long)tiles_h * tiles_w;
+    const long long column = index % (batch * tiles);
+    const int tile = (int)(column % tiles);
+    Tile t = {index / (batch * tiles), column / tiles, (tile / tiles_w) * 2, (tile % tiles_w) * 2};
+    return t;
+}
+
 // One thread per tile (c, b, th, tw): it reads the 16 inputs of its tile (0 in the padding)
 // and writes the tile's 16 transformed entries. Consecutive threads take consecutive tiles of
 // one row, so each of the 16 writes is coalesced.
 extern "C" __global__ void winograd_input_transform(
         const real_t* __restrict__ x, real_t* __restrict__ v, long long batch, int channels,
         int height, int width, int pad_h, int pad_w, int tiles_h, int tiles_w) {
-    const long long tiles = (long long)tiles_h * tiles_w;
-    const long long n_columns = batch * tiles;
-    const long long plane_stride = (long long)channels * n_columns;  // between the 16 (i, j)
-    const long long total = (long long)channels * n_columns;
+    // One thread per tile; also the stride between the 16 planes (i, j) of v or m.
+    const long long plane_stride = channels * batch * tiles_h * tiles_w;
+    const long long total = plane_stride;
     for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const long long c = index / n_columns;
-        const long long column = index - c * n_columns;
-        const long long b = column / tiles;
-        const int tile = (int)(column - b * tiles);
-        const int top = (tile / tiles_w) * 2 - pad_h;
-        const int left = (tile % tiles_w) * 2 - pad_w;
-        const real_t* plane = x + (b * channels + c) * height * width;
+        const Tile t = locate_tile(index, batch, tiles_h, tiles_w);
+        const int top = t.top - pad_h, left = t.left - pad_w;
+        const real_t* plane = x + (t.image * channels + t.channel) * height * width;
         real_t d[4][4];
         for (int k = 0; k < 4; ++k) {
             for (int l = 0; l < 4; ++l) {
@@ -58,13 +69,13 @@ extern "C" __global__ void winograd_input_transform(
                                                                         : (real_t)0;
             }
         }
-        real_t t[4][4];  // t = B^T d, a column at a time
+        real_t bd[4][4];  // B^T d, a column at a time
         for (int l = 0; l < 4; ++l) {
-            bt_combine(d[0][l], d[1][l], d[2][l], d[3][l], &t[0][l], &t[1][l], &t[2][l], &t[3][l]);
+            bt_combine(d[0][l], d[1][l], d[2][l], d[3][l], &bd[0][l], &bd[1][l], &bd[2][l], &bd[3][l]);
         }
-        for (int i = 0; i < 4; ++i) {  // v = t B: row i of t, combined by B^T
+        for (int i = 0; i < 4; ++i) {  // v = (B^T d) B: row i, combined by B^T
             real_t out[4];
-            bt_combine(t[i][0], t[i][1], t[i][2], t[i][3], &out[0], &out[1], &out[2], &out[3]);
+            bt_combine(bd[i][0], bd[i][1], bd[i][2], bd[i][3], &out[0], &out[1], &out[2], &out[3]);
             for (int j = 0; j < 4; ++j) {
                 v[(4 * i + j) * plane_stride + index] = out[j];
             }
@@ -78,17 +89,14 @@ extern "C" __global__ void winograd_output_transform(
         const real_t* __restrict__ m, const real_t* __restrict__ bias, real_t* __restrict__ y,
         long long batch, int out_channels, int out_h, int out_w, int tiles_h, int tiles_w,
         int has_bias, int relu) {
-    const long long tiles = (long long)tiles_h * tiles_w;
-    const long long n_columns = batch * tiles;
-    const long long plane_stride = (long long)out_channels * n_columns;
-    const long long total = (long long)out_channels * n_columns;
+    // One thread per tile; also the stride between the 16 planes (i, j) of v or m.
+    const long long plane_stride = out_channels * batch * tiles_h * tiles_w;
+    const long long total = plane_stride;
     for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const long long o = index / n_columns;
-        const long long column = index - o * n_columns;
-        const long long b = column / tiles;
-        const int tile = (int)(column - b * tiles);
-        const int top = (tile / tiles_w) * 2, left = (tile % tiles_w) * 2;
+        const Tile t = locate_tile(index, batch, tiles_h, tiles_w);
+        const long long o = t.channel, b = t.image;
+        const int top = t.top, left = t.left;
         real_t e[4][4];
         for (int f = 0; f < 16; ++f) {
             e[f / 4][f % 4] = m[f * plane_stride + index];
@@ -119,17 +127,14 @@ extern "C" __global__ void winograd_output_adjoint(
         const real_t* __restrict__ grad, const real_t* __restrict__ y, real_t* __restrict__ dm,
         long long batch, int out_channels, int out_h, int out_w, int tiles_h, int tiles_w,
         int relu) {
-    const long long tiles = (long long)tiles_h * tiles_w;
-    const long long n_columns = batch * tiles;
-    const long long plane_stride = (long long)out_channels * n_columns;
-    const long long total = (long long)out_channels * n_columns;
+    // One thread per tile; also the stride between the 16 planes (i, j) of v or m.
+    const long long plane_stride = out_channels * batch * tiles_h * tiles_w;
+    const long long total = plane_stride;
     for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total;
          index += (long long)blockDim.x * gridDim.x) {
-        const long long o = index / n_columns;
-        const long long column = index - o * n_columns;
-        const long long b = column / tiles;
-        const int tile = (int)(column - b * tiles);
-        const int top = (tile / tiles_w) * 2, left = (tile % tiles_w) * 2;
+        const Tile t = locate_tile(index, batch, tiles_h, tiles_w);
+        const long long o = t.channel, b = t.image;
+        const int top = t.top, left = t.left;
         const long long plane = (b * out_channels + o) * out_h * out_w;
         real_t g[2][2];
         for (int a = 0; a < 2; ++a) {
