@@ -125,9 +125,13 @@ def _col2im_cpu(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, 
     # The inner loops run over 1-D row views, with a separate unit-stride loop (the common
     # case) that LLVM vectorises: measured 2-3x faster than indexing dx[b, c, h, w] directly.
     batch, channels, height, width = dx.shape
-    for plane in prange(batch * channels):
-        b = plane // channels
-        c = plane % channels
+    # The planes are numbered channel-major, (c, b), so that a thread's consecutive iterations
+    # read consecutive stretches of the same rows of cols: 1.3x faster than (b, c) order on
+    # AlexNet's conv2 (the other kernels here and in winograd.py that read or write one
+    # plane's stretch of a (rows, B*pixels) matrix do the same).
+    for plane in prange(channels * batch):
+        c = plane // batch
+        b = plane % batch
         dx_plane = dx[b, c]
         dx_plane[:, :] = 0
         for ki in range(kernel_h):
@@ -157,9 +161,9 @@ def _product_to_output_cpu(product, bias, has_bias, relu, y):
     # ReLU included. One iteration owns one row y[b, o] and reads one run of product.
     batch, out_channels, pixels = y.shape
     zero = y.dtype.type(0)
-    for row in prange(batch * out_channels):
-        b = row // out_channels
-        o = row % out_channels
+    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu
+        o = row // batch
+        b = row % batch
         source = product[o, b * pixels:(b + 1) * pixels]
         target = y[b, o]
         for p in range(pixels):
@@ -178,9 +182,9 @@ def _grad_to_product_cpu(grad, y, relu, dy):
     # alike). The inverse layout change of _product_to_output_cpu; one iteration per (b, o).
     batch, out_channels, pixels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for row in prange(batch * out_channels):
-        b = row // out_channels
-        o = row % out_channels
+    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu
+        o = row // batch
+        b = row % batch
         source = grad[b, o]
         target = dy[o, b * pixels:(b + 1) * pixels]
         if relu:

@@ -64,9 +64,9 @@ def _input_transform_cpu(x, v, pad_h, pad_w, tiles_h, tiles_w):
     # rows by B^T (t = B^T d, whole rows at once) and each tile's 4 columns of t by B.
     batch, channels, height, width = x.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(batch * channels):
-        b = plane // channels
-        c = plane % channels
+    for plane in prange(channels * batch):  # channel-major: see conv._col2im_cpu
+        c = plane // batch
+        b = plane % batch
         padded = np.zeros((2 * tiles_h + 2, 2 * tiles_w + 2), x.dtype)
         padded[pad_h:pad_h + height, pad_w:pad_w + width] = x[b, c]
         t = np.empty((4, 2 * tiles_w + 2), x.dtype)
@@ -101,9 +101,9 @@ def _output_transform_cpu(m, bias, has_bias, relu, y, tiles_h, tiles_w):
     batch, out_channels, out_h, out_w = y.shape
     n_tiles = tiles_h * tiles_w
     zero = y.dtype.type(0)
-    for plane in prange(batch * out_channels):
-        b = plane // out_channels
-        o = plane % out_channels
+    for plane in prange(out_channels * batch):  # channel-major: see conv._col2im_cpu
+        o = plane // batch
+        b = plane % batch
         strip = np.empty((2, 2 * tiles_w), y.dtype)
         s = np.empty((2, 4, tiles_w), y.dtype)
         offset = bias[o] if has_bias else zero
@@ -142,9 +142,9 @@ def _output_adjoint_cpu(grad, y, relu, dm, tiles_h, tiles_w):
     batch, out_channels, out_h, out_w = grad.shape
     n_tiles = tiles_h * tiles_w
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for plane in prange(batch * out_channels):
-        b = plane // out_channels
-        o = plane % out_channels
+    for plane in prange(out_channels * batch):  # channel-major: see conv._col2im_cpu
+        o = plane // batch
+        b = plane % batch
         strip = np.zeros((2, 2 * tiles_w), grad.dtype)
         r = np.empty((4, 2 * tiles_w), grad.dtype)
         for th in range(tiles_h):
@@ -193,9 +193,9 @@ def _input_adjoint_cpu(dv, dx, pad_h, pad_w, tiles_h, tiles_w):
     # (The CUDA kernel gathers per pixel instead; the sums agree up to rounding order.)
     batch, channels, height, width = dx.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(batch * channels):
-        b = plane // channels
-        c = plane % channels
+    for plane in prange(channels * batch):  # channel-major: see conv._col2im_cpu
+        c = plane // batch
+        b = plane % batch
         padded = np.zeros((2 * tiles_h + 2, 2 * tiles_w + 2), dx.dtype)
         q = np.empty((4, 4, tiles_w), dx.dtype)
         for th in range(tiles_h):
