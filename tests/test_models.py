@@ -332,3 +332,34 @@ def test_euronet_forward_backward_and_predict():
     probs = model.predict_proba(x).numpy()
     assert probs.shape == (2, 10) and ((probs > 0) & (probs < 1)).all()
     np.testing.assert_array_equal(model.predict(x), probs.argmax(axis=1))
+
+
+@pytest.mark.parametrize("name", ["alexnet", "euronet"])
+def test_fast_paths_give_the_plain_paths_gradients(name, monkeypatch):
+    """The whole network in float64 with Winograd and Conv2d+ReLU fusion (the defaults) and
+    with neither (im2col, separate ReLUs): same loss and same gradient for every parameter."""
+    import minidl.layers.module as module_file
+    from minidl.ops import winograd
+
+    def loss_and_grads():
+        minidl.manual_seed(0)
+        rng = np.random.default_rng(0)
+        if name == "alexnet":
+            model = alexnet(num_classes=4, dtype=np.float64)
+            x = rng.standard_normal((2, 3, 227, 227))
+        else:
+            model = euronet(dtype=np.float64)
+            x = rng.standard_normal((2, 13, 64, 64))
+        model.eval()  # no dropout
+        loss = ops.softmax_cross_entropy(model(minidl.Tensor(x)), np.array([0, 3]))
+        loss.backward()
+        return loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters()}
+
+    fast_loss, fast = loss_and_grads()
+    monkeypatch.setattr(winograd, "supports", lambda *args: False)
+    monkeypatch.setattr(module_file, "_conv_then_relu", lambda *args: False)
+    plain_loss, plain = loss_and_grads()
+    assert fast_loss == pytest.approx(plain_loss, rel=1e-12)
+    for n in plain:
+        scale = np.abs(plain[n]).max()
+        np.testing.assert_allclose(fast[n], plain[n], rtol=0, atol=1e-10 * scale, err_msg=n)
