@@ -227,9 +227,8 @@ def pictures(model, val, out, count):
         shown = crop(base.decode(path))
         x = normalize(to_array(shown))
         if n == 0:
-            maps = viz.feature_maps(model, x, ["relu1", "relu2", "relu3"])
-            for k, (name, a) in enumerate(maps.items(), start=1):
-                written.append(viz.save_image(viz.feature_map_grid(a), out / f"feature_maps_conv{k}.png"))
+            written += viz.save_feature_maps(model, x, out, layers=["relu1", "relu2", "relu3"],
+                                             names=["conv1", "conv2", "conv3"]).values()
         if n >= count:
             break
         with minidl.no_grad():

@@ -118,9 +118,8 @@ def pictures(model, test, dataset, out, count):
     for n, position in enumerate(chosen):
         x, label = test[int(position)]  # normalised, as the network takes it
         if n == 0:
-            maps = viz.feature_maps(model, x, ["relu1", "relu2", "relu3"])
-            for k, (_, a) in enumerate(maps.items(), start=1):
-                written.append(viz.save_image(viz.feature_map_grid(a), out / f"feature_maps_conv{k}.png"))
+            written += viz.save_feature_maps(model, x, out, layers=["relu1", "relu2", "relu3"],
+                                             names=["conv1", "conv2", "conv3"]).values()
         if n >= count:
             break
         with minidl.no_grad():

@@ -296,12 +296,21 @@ def save_filter_grid(conv_weight, path, **options):
     return save_image(filter_grid(conv_weight, **options), path)
 
 
-def save_feature_maps(model, image, directory, layers=None, prefix="feature_maps", **options):
-    """One PNG per layer, ``<directory>/<prefix>_<layer>.png``; returns the paths by layer."""
+def save_feature_maps(model, image, directory, layers=None, prefix="feature_maps", names=None,
+                      **options):
+    """One PNG per layer, ``<directory>/<prefix>_<name>.png``; returns the paths by layer.
+
+    ``names`` gives the file name part of each layer in ``layers`` (default: the layer names,
+    e.g. ["conv1", "conv2"] for the layers "relu1", "relu2").
+    """
     paths = OrderedDict()
-    for name, maps in feature_maps(model, image, layers).items():
-        paths[name] = save_image(feature_map_grid(maps, **options),
-                                 os.path.join(directory, f"{prefix}_{name}.png"))
+    maps_by_layer = feature_maps(model, image, layers)
+    names = list(maps_by_layer) if names is None else list(names)
+    if len(names) != len(maps_by_layer):
+        raise ValueError(f"save_feature_maps: {len(names)} names for {len(maps_by_layer)} layers")
+    for name, (layer, maps) in zip(names, maps_by_layer.items()):
+        paths[layer] = save_image(feature_map_grid(maps, **options),
+                                  os.path.join(directory, f"{prefix}_{name}.png"))
     return paths
 
 

@@ -111,7 +111,8 @@ class FolderDataset:
         return len(self.samples)
 
     def decode(self, path):
-        raise NotImplementedError
+        """The image or band array stored at ``path``: each subclass reads its own format."""
+        raise NotImplementedError(f"{type(self).__name__} must implement decode(path)")
 
     def get(self, index, rng):
         """Sample ``index`` as (CHW float32 array, label), transformed with generator ``rng``.
