@@ -179,3 +179,16 @@ def test_a_captured_layer_is_not_fused():
     assert (out["0"].numpy() < 0).any()  # before the ReLU
     np.testing.assert_array_equal(out["1"].numpy(), np.maximum(out["0"].numpy(), 0))
     np.testing.assert_array_equal(out["output"].numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_an_empty_batch_gives_zero_parameter_gradients(kernels, algorithm):
+    """No chunk runs for a batch of 0 images: the weight and bias gradients must still be 0."""
+    _, w, b = inputs()
+    xt = kernels.tensor(np.zeros((0, 4, 7, 6)), requires_grad=True)
+    wt, bt = kernels.tensor(w, requires_grad=True), kernels.tensor(b, requires_grad=True)
+    y = conv2d(xt, wt, bt, padding=1, groups=2, algorithm=algorithm)
+    y.backward(kernels.tensor(np.zeros(y.shape)))
+    assert kernels.numpy(xt.grad).shape == (0, 4, 7, 6)
+    np.testing.assert_array_equal(kernels.numpy(wt.grad), np.zeros_like(w))
+    np.testing.assert_array_equal(kernels.numpy(bt.grad), np.zeros_like(b))

@@ -407,7 +407,10 @@ class WinogradConv2dFunction(Function):
                     dm_fg = dm[f, g * og:(g + 1) * og]
                     v_fg = v[f, g * cg:(g + 1) * cg]
                     if need_w:
-                        grad_ut[f, g] += xp.matmul(v_fg, dm_fg.T)
+                        if start == 0:
+                            xp.matmul(v_fg, dm_fg.T, out=grad_ut[f, g])
+                        else:
+                            grad_ut[f, g] += xp.matmul(v_fg, dm_fg.T)
                     if need_x:
                         # v_fg has given all it had to dU: dv may overwrite it.
                         xp.matmul(u[f, g * og:(g + 1) * og].T, dm_fg, out=dv[f, g * cg:(g + 1) * cg])
