@@ -4,6 +4,7 @@
     python benchmarks/bench.py --batch128         # also AlexNet training at batch 128 (slow)
     python benchmarks/bench.py --device cuda      # the same on a GPU (CuPy vs PyTorch CUDA)
     python benchmarks/bench.py --repeats 7 --only alexnet-train-32
+    python benchmarks/bench.py --baseline ../minidl-old   # also another checkout of minidl
 
 A training step is forward, loss, backward and the SGD update. Each case is warmed up first;
 the first step, which includes Numba/NVRTC compilation or loading it from cache, is reported
@@ -25,7 +26,7 @@ has its own BLAS and threads and is not affected. Set it the same way in your ow
 scripts, or export it in the shell.
 
 Allocator: unless ``--default-allocator`` is given, both workers call
-``minidl.backend.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
+``minidl.cpu.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
 arrays for the next step instead of unmapping them (see its docstring). PyTorch gains from it
 too (its AlexNet step at batch 32 went from ~1630 to ~1470 ms here), so both get it.
 OpenMP: ``import minidl`` sets OMP_WAIT_POLICY=PASSIVE when unset; the PyTorch worker imports
@@ -50,11 +51,11 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import minidl  # noqa: E402
-from minidl import autograd, ops  # noqa: E402
+from minidl import ops  # noqa: E402
 from minidl.models import alexnet, euronet  # noqa: E402
 from minidl.optim import SGD  # noqa: E402
 
-# Per image: about 3x the 1.45 GFLOP forward (SPEC.md), counted as direct convolution. The
+# Per image: about 3x the 1.45 GFLOP forward (docs/MODELS.md), counted as direct convolution. The
 # table's "of matmul peak" is images/s times this over the measured matmul rate: for minidl an
 # effective figure, since Winograd does conv3-5 with 2.25x fewer multiply-adds.
 ALEXNET_TRAIN_GFLOP = 4.3
@@ -104,7 +105,7 @@ class MinidlCase:
         synchronize(self.device)
 
     def breakdown(self):
-        with autograd.profile(lambda: synchronize(self.device)) as prof:
+        with minidl.profile(lambda: synchronize(self.device)) as prof:
             self.step()
         return prof
 
@@ -247,11 +248,14 @@ def worker(framework, case, device, tf32, channel):
 
 
 class Worker:
-    """The parent's end of one worker process."""
+    """The parent's end of one worker process. ``checkout``: run the worker of another minidl
+    checkout's ``benchmarks/bench.py`` (same protocol), to compare two versions in one run."""
 
-    def __init__(self, framework, case, args):
+    def __init__(self, framework, case, args, checkout=None):
         self.name = f"{framework} worker for {case}"
-        command = [sys.executable, os.path.abspath(__file__), "--worker", framework, case,
+        script = os.path.abspath(__file__) if checkout is None else os.path.join(
+            checkout, "benchmarks", "bench.py")
+        command = [sys.executable, script, "--worker", framework, case,
                    "--device", args.device] + (["--tf32"] if args.tf32 else []) + (
             ["--default-allocator"] if args.default_allocator else [])
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -277,6 +281,8 @@ class Worker:
 def run_case(case, args, with_torch):
     batch = CASES[case][1]
     workers = {"minidl": Worker("minidl", case, args)}
+    if args.baseline:
+        workers["baseline"] = Worker("minidl", case, args, checkout=args.baseline)
     if with_torch:
         workers["pytorch"] = Worker("pytorch", case, args)
     try:
@@ -318,13 +324,16 @@ def main():
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="do not call minidl.backend.tune_cpu_allocator() (see the docstring)")
+                        help="do not call minidl.cpu.tune_cpu_allocator() (see the docstring)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="also time the minidl of another checkout (e.g. a git worktree of an "
+                             "earlier commit), as the row 'baseline'")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda" and args.tf32:
         os.environ["CUPY_TF32"] = "1"  # before CuPy is imported; inherited by the workers
     allocator = "glibc default allocator"
-    if args.device == "cpu" and not args.default_allocator and minidl.backend.tune_cpu_allocator():
+    if args.device == "cpu" and not args.default_allocator and minidl.cpu.tune_cpu_allocator():
         allocator = "tune_cpu_allocator() on (both frameworks)"
     if args.worker:
         # The answers go out on a copy of stdout; stdout itself then points at stderr, so
@@ -357,8 +366,10 @@ def main():
             table.append(f"| {case} | {name} | {batch / median:7.1f} | {1e3 * median:8.0f} "
                          f"({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | {1e3 * first[name]:7.0f} "
                          f"| {memory:5.2f} | {share} |")
-        if "pytorch" in rates:
-            table.append(f"| {case} | **minidl / pytorch** | **{rates['minidl'] / rates['pytorch']:.2f}x** | | | | |")
+        for other in ("baseline", "pytorch"):
+            if other in rates:
+                table.append(f"| {case} | **minidl / {other}** | "
+                             f"**{rates['minidl'] / rates[other]:.2f}x** | | | | |")
         details.append(f"\n{case}: minidl per-op breakdown of one step\n{format_breakdown(breakdown)}")
     print("\n| case | framework | img/s | step ms median (min-max) | first step ms | peak GiB | of matmul peak |")
     print("|---|---|---|---|---|---|---|")

@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workspace-mb", type=float, default=None,
-                        help="override conv.WORKSPACE_BYTES (MiB)")
+                        help="override workspace.WORKSPACE_BYTES (MiB)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--all", action="store_true", help="also time conv3, conv4 and conv5")
     parser.add_argument("--euronet", action="store_true", help="also time EuroNet's six convs")
@@ -125,19 +125,19 @@ def main():
     args = parser.parse_args()
     if args.openblas_timeout is not None:
         os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(args.openblas_timeout)
-    global np, minidl, conv_module
+    global np, minidl, workspace
     import numpy as np
     import minidl
-    from minidl.ops import conv as conv_module
+    from minidl.ops import workspace
     if args.workspace_mb is not None:
-        conv_module.WORKSPACE_BYTES = int(args.workspace_mb * 2**20)
+        workspace.WORKSPACE_BYTES = int(args.workspace_mb * 2**20)
     try:
         import torch
         torch.set_num_threads(2)
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    print(f"batch {args.batch}, workspace {conv_module.WORKSPACE_BYTES / 2**20:.0f} MiB, "
+    print(f"batch {args.batch}, workspace {workspace.WORKSPACE_BYTES / 2**20:.0f} MiB, "
           f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset')}, "
           f"median of {args.repeats}, ms")
     configs = dict(CONFIGS, **(MORE_CONFIGS if args.all else {}),

@@ -10,12 +10,13 @@ folders (the usual re-organised ILSVRC layout; .jpg/.jpeg/.png, any case, also w
 folder (``$MINIDL_DATA`` or ``~/.cache/minidl``) -- coloured discs, stripes, checkerboards...,
 the class being the *shape* -- and runs the whole pipeline on it.
 
-What runs is the paper's recipe (SPEC.md): SGD with momentum 0.9 and weight decay 0.0005, the
-learning rate inside the velocity; the rate divided by 10 when the validation error stops
-improving (at most three times); training crops 227x227 at random from the central 256x256,
-random mirroring and "fancy PCA" colour noise; dropout 0.5 in fc6 and fc7; the test-time
-average of the softmax over ten crops (four corners, centre, and their mirrors). Each epoch
-is validated on the centre crop (ten times cheaper); the final evaluation uses the ten crops.
+What runs is the recipe of Krizhevsky et al. (2012): SGD with momentum 0.9 and weight decay
+0.0005, the learning rate inside the velocity; the rate divided by 10 when the validation error
+stops improving (at most three times); training crops 227x227 at random from the central
+256x256, random mirroring and "fancy PCA" colour noise; dropout 0.5 in fc6 and fc7; the
+test-time average of the softmax over ten crops (four corners, centre, and their mirrors). Each
+epoch is validated on the centre crop (ten times cheaper); the final evaluation uses the ten
+crops.
 
 What it writes to ``--out``: checkpoint.npz (resume from it with ``--resume``), best.npz (the
 epoch with the lowest validation error), metrics.jsonl, curves.png, filters_conv1.png,
@@ -33,7 +34,6 @@ minutes. With seeds 0 and 2 (``--seed``) the training loss fell from 1.41 (chanc
 (chance: 25 %). The run is short and its rate high, so the result depends on the seed: 8
 epochs, this demo's first length, gave 75, 94 and 80 % with seeds 0, 1 and 2.
 """
-import argparse
 import math
 import time
 from pathlib import Path
@@ -41,16 +41,18 @@ from pathlib import Path
 import numpy as np
 
 import minidl
-from minidl import backend, ops, viz
+from minidl import init, ops
 from minidl.data import (IMAGENET_MEAN, IMAGENET_STD, DataLoader, ImageFolder, Subset,
                          alexnet_eval_transform, alexnet_train_transform, make_demo_imagenet)
-from minidl.data.demo import default_root
 from minidl.data.transforms import CenterCrop, Compose, Normalize, ResizeShorter, to_array
 from minidl.layers import Linear
+from minidl.metrics import top1, top5
 from minidl.models import alexnet, summary
-from minidl.optim import SGD, ReduceLROnPlateau
+from minidl.models.alexnet import WEIGHTED_LAYERS
 from minidl.random import default_generator
-from minidl.train import evaluate, fit, top1, top5
+from minidl.train import evaluate, fit
+
+import common
 
 # Settings of the no-argument demo (see the module docstring and --help): a few classes, small
 # batches and a handful of epochs, so that the whole run, Numba's first compilation and the
@@ -58,32 +60,18 @@ from minidl.train import evaluate, fit, top1, top5
 DEMO = dict(classes=4, per_class=75, val_per_class=20, batch_size=16, epochs=10, init="scaled",
             lr_patience=1, lr_drops=1)
 PAPER = dict(batch_size=128, epochs=90, init="published", lr_patience=3, lr_drops=3)
+EXAMPLE = common.Example("alexnet_imagenet.py", "alexnet", DEMO, PAPER, source="the paper's",
+                         monitored="validation error")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="alexnet_imagenet.py",
-        description="Train AlexNet (Krizhevsky et al., 2012) with the paper's recipe on an "
-                    "ImageNet-layout folder, or on a small generated demo set when --data is absent.")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="folder with train/<class>/*.JPEG and val/<class>/*.JPEG; "
-                             "without it a generated demo set is used")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs in all, resumed ones included (default {PAPER['epochs']}; "
-                             f"{DEMO['epochs']} for the demo)")
+    parser = EXAMPLE.parser(__doc__, data_help="folder with train/<class>/*.JPEG and val/<class>/*.JPEG; "
+                                               "without it a generated demo set is used")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"images per SGD step (default {PAPER['batch_size']}, the paper's; "
                              f"{DEMO['batch_size']} for the demo, to fit its 5-minute budget)")
     parser.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default %(default)s)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="(default %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=0.0005, help="(default %(default)s)")
-    parser.add_argument("--lr-patience", type=int, default=None,
-                        help="epochs without a better validation error before the rate is divided "
-                             f"by 10 (default {PAPER['lr_patience']}; {DEMO['lr_patience']} for "
-                             "the demo's few epochs)")
-    parser.add_argument("--lr-drops", type=int, default=None,
-                        help=f"at most this many divisions by 10 (default {PAPER['lr_drops']}, as in "
-                             f"the paper's 90 epochs; {DEMO['lr_drops']} in the demo's few)")
+    EXAMPLE.add_schedule_options(parser)
     parser.add_argument("--variant", choices=("paper", "caffe"), default="paper",
                         help="'paper': LRN with k=2 and the paper's initial weights; 'caffe': the "
                              "Caffe reference model's LRN and initial weights (biases 0.1, smaller "
@@ -94,23 +82,12 @@ def build_parser():
                              "learning within a few dozen steps, where the published ones stay at "
                              "chance for longer than the demo lasts (default "
                              f"{PAPER['init']!r}; {DEMO['init']!r} for the demo)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs CuPy and an NVIDIA GPU)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default runs/alexnet, runs/alexnet-demo for the demo)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from --out/checkpoint.npz (give the same settings)")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop after this many SGD steps in all, for a quick look")
     parser.add_argument("--val-images", type=int, default=None,
                         help="validate on this many validation images only (a seeded random "
                              "choice); default all")
-    parser.add_argument("--workers", type=int, default=2, help="data-loading threads (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches (default %(default)s)")
-    parser.add_argument("--grad-cam-images", type=int, default=3,
-                        help="validation images (one per class) to draw Grad-CAM maps for (default %(default)s)")
-    demo = parser.add_argument_group("demo data (used when --data is absent)")
-    demo.add_argument("--demo-dir", type=Path, default=None,
-                      help=f"where the demo images are written once (default {default_root('demo-imagenet')})")
+    demo = EXAMPLE.add_run_options(parser, evaluated="validation images",
+                                   seeded="the weights and the batches", demo_files="images",
+                                   demo_folder="demo-imagenet")
     demo.add_argument("--demo-classes", type=int, default=DEMO["classes"],
                       help="number of classes, 2 to 8 (default %(default)s)")
     demo.add_argument("--demo-per-class", type=int, default=DEMO["per_class"],
@@ -129,24 +106,15 @@ def scaled_init(model, generator):
     output that depends on the image is a few hundredths of the part the constant biases add,
     the gradients of the convolutions are tiny, and the loss stays at ln(classes) for longer
     than the demo lasts (measured: the paper and Caffe variants were both still at chance after
-    the 8-epoch, 144-step demo the first version had). Weights of std 1/sqrt(fan_in) keep the signal's size from layer to
-    layer, and the network starts learning after a few dozen steps. Large data sets and long
-    runs can afford the published weights; this is the one departure from the paper's recipe.
+    the 8-epoch, 144-step demo the first version had). Weights of std 1/sqrt(fan_in) keep the
+    signal's size from layer to layer, and the network starts learning after a few dozen steps.
+    Large data sets and long runs can afford the published weights; this is the one departure
+    from the paper's recipe.
     """
-    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
-        layer = model[name]
-        weight = layer.weight
-        fan_in = int(np.prod(weight.shape[1:]))  # in-channels per group x kh x kw, or in-features
-        values = generator.standard_normal(weight.shape, dtype=weight.dtype) * weight.dtype.type(fan_in ** -0.5)
-        weight.data = backend.to_device(values, backend.device_of(weight.data))
-        layer.bias.data = backend.to_device(np.zeros(layer.bias.shape, layer.bias.dtype),
-                                            backend.device_of(layer.bias.data))
+    for name in WEIGHTED_LAYERS:
+        init.lecun_normal_(model[name].weight, generator)
+        init.zeros_(model[name].bias)
     return model
-
-
-def fail(message):
-    """Stop with a one-line error (exit status 1) instead of a traceback."""
-    raise SystemExit(f"alexnet_imagenet.py: error: {message}")
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -154,28 +122,28 @@ def image_folders(root):
     """The train and val ``ImageFolder``s of ``root``, checked for the layout the script needs."""
     root = Path(root)
     if not root.is_dir():
-        fail(f"--data {root}: no such folder")
+        EXAMPLE.fail(f"--data {root}: no such folder")
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            fail(f"--data {root}: there is no {split}/ folder ({root / split}); expected "
-                 f"{root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
+            EXAMPLE.fail(f"--data {root}: there is no {split}/ folder ({root / split}); expected "
+                         f"{root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
     try:
         train = ImageFolder(root / "train", transform=alexnet_train_transform())
         val = ImageFolder(root / "val", transform=alexnet_eval_transform())
     except FileNotFoundError as error:  # an empty split or class folder: the message names it
-        fail(str(error))
+        EXAMPLE.fail(str(error))
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))
         only_val = sorted(set(val.classes) - set(train.classes))
-        fail(f"--data {root}: train/ and val/ must have the same class folders; only in train/: "
-             f"{only_train[:5]}{' ...' if len(only_train) > 5 else ''}, only in val/: "
-             f"{only_val[:5]}{' ...' if len(only_val) > 5 else ''}")
+        EXAMPLE.fail(f"--data {root}: train/ and val/ must have the same class folders; "
+                     f"only in train/: {only_train[:5]}{' ...' if len(only_train) > 5 else ''}, "
+                     f"only in val/: {only_val[:5]}{' ...' if len(only_val) > 5 else ''}")
     return train, val
 
 
 def demo_folders(args):
     if not 2 <= args.demo_classes <= 8:
-        fail(f"--demo-classes must be between 2 and 8, got {args.demo_classes}")
+        EXAMPLE.fail(f"--demo-classes must be between 2 and 8, got {args.demo_classes}")
     print(f"DEMO: no --data given, so AlexNet trains on a small generated data set: "
           f"{args.demo_classes} classes of patterns, {args.demo_per_class} training and "
           f"{args.demo_val_per_class} validation images per class (256x256 JPEGs).")
@@ -211,32 +179,19 @@ def print_summary(model, num_classes):
           f"{model.num_parameters():,} parameters in all.")
 
 
-def pictures(model, val, out, count):
-    """filters_conv1.png, feature_maps_conv{1,2,3}.png and grad_cam_*.png; returns their paths."""
-    written = [viz.save_filter_grid(model.conv1.weight, out / "filters_conv1.png")]
-    # The 227x227 centre crop a person sees, and the normalised array the network takes.
+def picture_images(val):
+    """One validation image of each class: (the normalised input, its label, the 227x227 centre
+    crop a person sees)."""
     base = val.dataset if isinstance(val, Subset) else val
     indices = val.indices if isinstance(val, Subset) else np.arange(len(val))
     crop = Compose([ResizeShorter(256), CenterCrop(256), CenterCrop(227)])
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # as in alexnet_eval_transform
     labels = np.asarray(base.targets)[indices]
-    first_of_class = np.unique(labels, return_index=True)[1]  # one image of each class
-    chosen = indices[np.sort(first_of_class)][:max(count, 1)]
-    for n, index in enumerate(chosen):
+    first_of_class = np.unique(labels, return_index=True)[1]
+    for index in indices[np.sort(first_of_class)]:
         path, label = base.samples[index]
         shown = crop(base.decode(path))
-        x = normalize(to_array(shown))
-        if n == 0:
-            written += viz.save_feature_maps(model, x, out, layers=["relu1", "relu2", "relu3"],
-                                             names=["conv1", "conv2", "conv3"]).values()
-        if n >= count:
-            break
-        with minidl.no_grad():
-            predicted = int(model(minidl.Tensor(backend.to_device(x[None], model.device))).numpy().argmax())
-        name = f"grad_cam_{n + 1}_{base.classes[label]}_as_{base.classes[predicted]}.png"
-        viz.save_grad_cam(model, x, out / name, target_class=predicted, display=shown)
-        written.append(out / name)
-    return [Path(p) for p in written]
+        yield normalize(to_array(shown)), label, shown
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -244,23 +199,10 @@ def main(argv=None):
     """Run the example; returns a dict with the fit result, the ten-crop evaluation and the paths."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    demo = args.data is None
-    defaults = DEMO if demo else PAPER
-    batch_size = args.batch_size or defaults["batch_size"]
-    epochs = args.epochs if args.epochs is not None else defaults["epochs"]
-    variant = args.variant
-    init = args.init or defaults["init"]
-    lr_patience = args.lr_patience or defaults["lr_patience"]
-    lr_drops = args.lr_drops if args.lr_drops is not None else defaults["lr_drops"]
-    out = args.out or Path("runs") / ("alexnet-demo" if demo else "alexnet")
-    if batch_size < 1 or epochs < 1 or lr_patience < 1 or lr_drops < 0:
-        fail("--batch-size, --epochs and --lr-patience must be at least 1, --lr-drops at least 0")
-    try:
-        device = backend.normalize_device(args.device)
-    except (RuntimeError, ValueError) as error:
-        fail(str(error))
+    run = EXAMPLE.settings(args)
+    init_weights = args.init or EXAMPLE.defaults(run.demo)["init"]
 
-    train_set, val_set = demo_folders(args) if demo else image_folders(args.data)
+    train_set, val_set = demo_folders(args) if run.demo else image_folders(args.data)
     if args.val_images is not None and args.val_images < len(val_set):
         chosen = np.random.default_rng(args.seed).choice(len(val_set), args.val_images, replace=False)
         val_set = Subset(val_set, np.sort(chosen))
@@ -269,31 +211,26 @@ def main(argv=None):
           f"{len(classes)} classes ({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
 
     minidl.manual_seed(args.seed)
-    model = alexnet(num_classes=len(classes), variant=variant)
-    if init == "scaled":
+    model = alexnet(num_classes=len(classes), variant=args.variant)
+    if init_weights == "scaled":
         scaled_init(model, default_generator())
     print_summary(model, len(classes))
 
-    train_loader = DataLoader(train_set, batch_size, shuffle=True, seed=args.seed,
-                              num_workers=args.workers, drop_last=len(train_set) >= 2 * batch_size)
-    val_loader = DataLoader(val_set, batch_size, num_workers=args.workers)
-    optimizer = SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay)
-    scheduler = ReduceLROnPlateau(optimizer, factor=0.1, patience=lr_patience,
-                                  max_reductions=lr_drops)
+    train_loader = DataLoader(train_set, run.batch_size, shuffle=True, seed=args.seed,
+                              num_workers=args.workers, drop_last=len(train_set) >= 2 * run.batch_size)
+    val_loader = DataLoader(val_set, run.batch_size, num_workers=args.workers)
+    optimizer, scheduler = common.sgd_with_plateau(model, args, run)
     metrics = (top1, top5) if len(classes) > 5 else (top1,)  # top-5 of <= 5 classes is always right
     chance_loss = math.log(len(classes))
-    print(f"recipe: SGD, lr {args.lr} inside the velocity, momentum {args.momentum}, weight decay "
-          f"{args.weight_decay}; lr divided by 10 after {lr_patience} epoch(s) without a better "
-          f"validation error, at most {lr_drops} time(s); batch {batch_size}, {len(train_loader)} steps "
-          f"per epoch, {epochs} epochs; random 227x227 crops of the central 256x256, mirroring and "
-          f"fancy-PCA colour noise; dropout 0.5")
-    print(f"model: variant {variant!r}, {init} initial weights"
-          + (" (the demo's one departure from the paper: see --help, --init)" if init == "scaled" else "")
-          + f"; device {device}. Chance: loss ln({len(classes)}) = {chance_loss:.3f}, "
+    print(f"recipe: {EXAMPLE.describe_sgd(args, run, len(train_loader))}; random 227x227 crops of the "
+          f"central 256x256, mirroring and fancy-PCA colour noise; dropout 0.5")
+    departure = " (the demo's one departure from the paper: see --help, --init)"
+    print(f"model: variant {args.variant!r}, {init_weights} initial weights"
+          + (departure if init_weights == "scaled" else "")
+          + f"; device {run.device}. Chance: loss ln({len(classes)}) = {chance_loss:.3f}, "
           f"top-1 error {100 * (1 - 1 / len(classes)):.0f}%")
-    result = fit(model, ops.softmax_cross_entropy, optimizer, train_loader, epochs,
-                 val_loader=val_loader, scheduler=scheduler, device=device, out_dir=out,
+    result = fit(model, ops.softmax_cross_entropy, optimizer, train_loader, run.epochs,
+                 val_loader=val_loader, scheduler=scheduler, device=run.device, out_dir=run.out,
                  resume=args.resume, max_steps=args.max_steps, metrics=metrics)
     history = result["history"]
     if history:
@@ -302,22 +239,17 @@ def main(argv=None):
               f"{100 * result['best']:.2f}% in epoch {result['best_epoch']}")
 
     print(f"evaluating the final model on {len(val_set):,} validation images, ten crops each ...")
-    ten_crop_loader = DataLoader(ten_crop_view(val_set), max(1, batch_size // 8), num_workers=args.workers)
-    tested = evaluate(model, ten_crop_loader, ops.softmax_cross_entropy, device=device, ten_crop=True,
-                      metrics=metrics, progress=True)
+    ten_crop_loader = DataLoader(ten_crop_view(val_set), max(1, run.batch_size // 8),
+                                 num_workers=args.workers)
+    tested = evaluate(model, ten_crop_loader, ops.softmax_cross_entropy, device=run.device,
+                      ten_crop=True, metrics=metrics, progress=True)
     print(f"ten-crop validation: loss {tested['loss']:.4f}, "
           + ", ".join(f"{m.__name__} error {100 * tested[m.__name__]:.2f}% "
                       f"(accuracy {100 * (1 - tested[m.__name__]):.2f}%)" for m in metrics))
 
-    written = pictures(model, val_set, out, args.grad_cam_images)
-    print("written:")
-    for name in ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png"):
-        if (out / name).exists():
-            print(f"  {out / name}")
-    for path in written:
-        print(f"  {path}")
-    print(f"done in {time.perf_counter() - start:.0f} s")
-    return {"fit": result, "ten_crop": tested, "out": out, "pictures": written,
+    written = common.save_pictures(model, picture_images(val_set), classes, run.out, args.grad_cam_images)
+    common.print_written(run.out, written, start)
+    return {"fit": result, "ten_crop": tested, "out": run.out, "pictures": written,
             "classes": classes, "args": args}
 
 

@@ -7,9 +7,10 @@ Every operation asks this module two questions about its inputs:
 * which kernels to run (``uses_cuda_kernels``) -- the Numba loops or the CUDA C kernels.
 
 The second question is separate from the first so that the test suite can run the CUDA C
-kernels on the CPU (see ``minidl.testing.cuda_on_cpu``): inside ``cuda_kernels_on_cpu()``
-NumPy arrays are sent down the CUDA path, and the kernels are compiled with the system C++
-compiler instead of NVRTC.
+kernels on the CPU (see ``minidl.testing.cuda_on_cpu``): inside ``numpy_to_cuda_kernels()``
+NumPy arrays are sent down the CUDA path, where a launcher installed by the tests compiles the
+kernels with the system C++ compiler instead of NVRTC. How the CPU kernels run (threads, the
+allocator) is ``minidl.cpu``'s business.
 """
 import contextlib
 import threading
@@ -75,80 +76,26 @@ def to_numpy(array):
 
 def uses_cuda_kernels(array):
     """Should an op given ``array`` run its CUDA C kernels (True) or its CPU kernels?"""
-    return is_cupy_array(array) or getattr(_state, "cuda_on_cpu", False)
+    return is_cupy_array(array) or getattr(_state, "numpy_to_cuda_kernels", False)
 
 
-@contextlib.contextmanager
-def cuda_kernels_on_cpu():
-    """Route NumPy arrays through the CUDA kernels, compiled for the CPU (testing only)."""
-    previous = getattr(_state, "cuda_on_cpu", False)
-    _state.cuda_on_cpu = True
-    try:
-        yield
-    finally:
-        _state.cuda_on_cpu = previous
+def pick(array, cpu, cuda):
+    """``cuda`` if an op given ``array`` runs its CUDA kernels, else ``cpu``.
 
-
-def cuda_kernels_run_on_cpu():
-    return getattr(_state, "cuda_on_cpu", False)
-
-
-# Below this many elements a Numba kernel runs on one thread: waking the others costs more
-# than the work (tens of microseconds on an idle machine, milliseconds on a busy one).
-SERIAL_BELOW = 1 << 15
-
-
-@contextlib.contextmanager
-def cpu_threads_for(n_elements):
-    """Run the Numba kernels inside on one thread when the input is small."""
-    if n_elements >= SERIAL_BELOW:
-        yield
-        return
-    import numba
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
-
-
-def tune_cpu_allocator(keep_bytes=1 << 30):
-    """Opt in to keeping freed memory in the process instead of giving it back to the OS.
-
-    By default glibc's malloc serves every block over 32 MiB (a conv layer's activations, a
-    gradient of fc6) with a fresh ``mmap`` and returns it with ``munmap`` when freed, so the
-    next training step's array of the same size is new memory again: the kernel zeroes it and
-    takes a page fault on first touch of every page (~4 ms per 37 MB here, several hundred
-    ms per AlexNet step). This call tells malloc to carve large blocks from its heap
-    (``M_MMAP_MAX=0``) and to keep up to ``keep_bytes`` of free memory at the top of the heap
-    (``M_TRIM_THRESHOLD``, ``M_TOP_PAD``), so the step's arrays reuse last step's pages.
-
-    The cost is that memory freed by minidl is not returned to the OS while the process runs
-    (the peak resident size is unchanged; the resident size after a step stays near it). It
-    affects every library in the process that uses malloc -- NumPy, and PyTorch too when both
-    run in one process (the benchmark does this: say so when comparing). Call it once, early,
-    before the large arrays are made. Returns True when applied, False where it cannot be
-    (not Linux with glibc); calling it elsewhere is harmless.
+    Every op chooses its kernels with this one call, between two drivers of identical
+    signature (``_forward_cpu`` / ``_forward_cuda``) or two sets of steps.
     """
-    import ctypes
-    import ctypes.util
-    import sys
+    return cuda if uses_cuda_kernels(array) else cpu
 
-    if not sys.platform.startswith("linux"):
-        return False
+
+@contextlib.contextmanager
+def numpy_to_cuda_kernels():
+    """Inside this block, NumPy arrays go down the CUDA path too (``uses_cuda_kernels`` is
+    True for them). ``minidl.testing.cuda_on_cpu`` uses it, with a launcher that runs the
+    CUDA C on the CPU, to test the kernels on a machine without a GPU."""
+    previous = getattr(_state, "numpy_to_cuda_kernels", False)
+    _state.numpy_to_cuda_kernels = True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc (e.g. musl has no mallopt)
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    keep = int(min(keep_bytes, 2**31 - 1))
-    ok = mallopt(_M_MMAP_MAX, 0)
-    ok &= mallopt(_M_TRIM_THRESHOLD, keep)
-    ok &= mallopt(_M_TOP_PAD, min(keep, 64 << 20))
-    return bool(ok)
+        yield
+    finally:
+        _state.numpy_to_cuda_kernels = previous

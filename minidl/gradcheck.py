@@ -15,7 +15,7 @@ values and the tolerance.
 import numpy as np
 
 from . import backend
-from .autograd import no_grad
+from .tensor import no_grad
 from .tensor import Tensor
 
 

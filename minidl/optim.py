@@ -1,6 +1,7 @@
 """Stochastic gradient descent as AlexNet trained it, and the two learning-rate schedules.
 
-The update (SPEC.md, "Training"), for every weight w with gradient g = dL/dw of the batch:
+The update of the AlexNet paper (docs/MODELS.md), for every weight w with gradient g = dL/dw of
+the batch:
 
     v <- momentum * v - weight_decay * lr * w - lr * g
     w <- w + v
@@ -15,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import backend
-from .autograd import no_grad
+from .tensor import no_grad
 
 # Below this many elements a parameter is updated on one thread (waking the others costs more
 # than the work: the biases).
@@ -102,7 +103,7 @@ class SGD:
     def step(self):
         """One update of every parameter that has a gradient."""
         lr = self.lr
-        decay = self.weight_decay * lr  # the same product, in the same order, as in SPEC.md
+        decay = self.weight_decay * lr  # the rule's product, in its order (module doc)
         with no_grad():
             for i, p in enumerate(self.params):
                 if p.grad is None:
@@ -135,7 +136,7 @@ class SGD:
                 w += v
         self.steps += 1
 
-    # -- saving ---------------------------------------------------------------------------
+    # -- saving -----------------------------------------------------------------------------------
     def state_dict(self):
         """Hyper-parameters and velocities (as NumPy arrays, so a checkpoint is device-free)."""
         return {

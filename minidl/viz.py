@@ -15,6 +15,7 @@
 Every function that runs the model switches it to eval mode (dropout off) and restores each
 module's train/eval flag afterwards. Images come back as ``PIL.Image``; ``save_*`` write PNGs.
 """
+import contextlib
 import math
 import os
 from collections import OrderedDict
@@ -23,9 +24,8 @@ import numpy as np
 from PIL import Image
 
 from . import backend
-from .autograd import is_grad_enabled, no_grad
 from .models.summary import capture, forward_with
-from .tensor import Tensor
+from .tensor import Tensor, is_grad_enabled, no_grad
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -63,15 +63,18 @@ def _upscale(tiles, scale):
     return np.repeat(np.repeat(tiles, scale, axis=1), scale, axis=2)
 
 
-def _with_modes(model, fn):
-    """Run ``fn()`` with ``model`` in eval mode, then put every module's flag back."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+@contextlib.contextmanager
+def _frozen(params):
+    """``params`` ask for no gradient while the block runs (so backward leaves their ``.grad``
+    alone), and each gets its own flag back afterwards."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad = False
     try:
-        return fn()
+        yield
     finally:
-        for m, flag in modes:
-            object.__setattr__(m, "training", flag)
+        for p, flag in zip(params, flags):
+            p.requires_grad = flag
 
 
 def _model_input(model, image, op):
@@ -82,9 +85,7 @@ def _model_input(model, image, op):
     if array.ndim != 4 or array.shape[0] != 1:
         raise ValueError(f"{op}: expected one image of shape (C, H, W) or (1, C, H, W), "
                          f"got shape {array.shape}")
-    params = model.parameters()
-    dtype = params[0].dtype if params else np.float32
-    return Tensor(backend.to_device(np.ascontiguousarray(array, dtype=dtype), model.device))
+    return Tensor(backend.to_device(np.ascontiguousarray(array, dtype=model.dtype), model.device))
 
 
 # -- filters -------------------------------------------------------------------------------------
@@ -123,12 +124,8 @@ def feature_maps(model, image, layers=None):
         raise ValueError("feature_maps: name the layers to show (layers=[...]); "
                          f"{type(model).__name__} has no feature_map_layers")
     x = _model_input(model, image, "feature_maps")
-
-    def run():
-        with no_grad():
-            return forward_with(model, x, layers)
-
-    taps = _with_modes(model, run)
+    with model.evaluating(), no_grad():
+        taps = forward_with(model, x, layers)
     return OrderedDict((name, _numpy(taps[name])[0]) for name in layers)
 
 
@@ -191,29 +188,19 @@ def grad_cam(model, image, target_class=None, layer=None):
         held["activation"] = Tensor(out.data, requires_grad=True)
         return held["activation"]
 
-    def run():
-        params = model.parameters()
-        flags = [p.requires_grad for p in params]
-        for p in params:
-            p.requires_grad = False
-        try:
-            with capture(model, [layer], transform=as_leaf):
-                scores = model(x)
-            if "activation" not in held:
-                raise RuntimeError(f"grad_cam: layer {layer!r} was not called by the model's forward")
-            if scores.ndim != 2:
-                raise ValueError(f"grad_cam: expected the model to return class scores (1, classes), "
-                                 f"got shape {scores.shape}")
-            cls = int(np.argmax(scores.numpy()[0])) if target_class is None else int(target_class)
-            if not 0 <= cls < scores.shape[1]:
-                raise ValueError(f"grad_cam: target_class {target_class} is outside "
-                                 f"[0, {scores.shape[1] - 1}]")
-            scores[0, cls].backward()
-        finally:
-            for p, flag in zip(params, flags):
-                p.requires_grad = flag
-
-    _with_modes(model, run)
+    with model.evaluating(), _frozen(model.parameters()):
+        with capture(model, [layer], transform=as_leaf):
+            scores = model(x)
+        if "activation" not in held:
+            raise RuntimeError(f"grad_cam: layer {layer!r} was not called by the model's forward")
+        if scores.ndim != 2:
+            raise ValueError(f"grad_cam: expected the model to return class scores (1, classes), "
+                             f"got shape {scores.shape}")
+        cls = int(np.argmax(scores.numpy()[0])) if target_class is None else int(target_class)
+        if not 0 <= cls < scores.shape[1]:
+            raise ValueError(f"grad_cam: target_class {target_class} is outside "
+                             f"[0, {scores.shape[1] - 1}]")
+        scores[0, cls].backward()
     act = held["activation"]
     if act.ndim != 4:
         raise ValueError(f"grad_cam: layer {layer!r} gives shape {act.shape}; Grad-CAM needs "

@@ -12,6 +12,7 @@ import pytest
 
 import minidl
 from minidl import backend
+from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 
 class KernelMode:
@@ -32,7 +33,7 @@ class KernelMode:
 
     def context(self):
         if self.name == "cuda_on_cpu":
-            return backend.cuda_kernels_on_cpu()
+            return cuda_kernels_on_cpu()
         return contextlib.nullcontext()
 
 

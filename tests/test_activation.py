@@ -1,6 +1,5 @@
 """ReLU and sigmoid: plain-loop references, float64 gradchecks, extremes and bad inputs, on
 every kernel mode (NumPy on the CPU, the CUDA C through the CPU shim, and a real GPU)."""
-import math
 import os
 import warnings
 
@@ -9,24 +8,11 @@ import pytest
 
 import minidl
 from minidl import layers, ops
+from minidl.ops.activation import relu_simple, sigmoid_simple
 from minidl.testing import nvrtc
+from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 CU_FILE = os.path.join(os.path.dirname(minidl.__file__), "ops", "activation.cu")
-
-
-def relu_reference(x):
-    out = np.empty(x.size)
-    for i, v in enumerate(x.reshape(-1).tolist()):
-        out[i] = v if v > 0 else 0.0
-    return out.reshape(x.shape)
-
-
-def sigmoid_reference(x):
-    out = np.empty(x.size)
-    for i, v in enumerate(x.reshape(-1).tolist()):
-        # the two algebraically equal forms, each where its exp cannot overflow
-        out[i] = 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
-    return out.reshape(x.shape)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -35,7 +21,7 @@ def test_relu_forward_matches_loop(kernels, dtype, shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     y = ops.relu(kernels.tensor(x))
     assert y.dtype == dtype and y.shape == shape
-    np.testing.assert_array_equal(kernels.numpy(y), relu_reference(x).astype(dtype))
+    np.testing.assert_array_equal(kernels.numpy(y), relu_simple(x).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -45,7 +31,7 @@ def test_sigmoid_forward_matches_loop(kernels, dtype, shape):
     y = ops.sigmoid(kernels.tensor(x))
     assert y.dtype == dtype and y.shape == shape
     rtol = 1e-6 if dtype == np.float32 else 1e-14
-    np.testing.assert_allclose(kernels.numpy(y), sigmoid_reference(x.astype(np.float64)), rtol=rtol)
+    np.testing.assert_allclose(kernels.numpy(y), sigmoid_simple(x.astype(np.float64)), rtol=rtol)
 
 
 def _away_from_zero(x, margin=1e-2):
@@ -91,7 +77,7 @@ def test_sigmoid_extremes_are_finite_accurate_and_silent(kernels, dtype):
         y.sum().backward()
     y, grad = kernels.numpy(y), kernels.numpy(xt.grad)
     assert np.isfinite(y).all() and np.isfinite(grad).all()
-    expected = sigmoid_reference(x.astype(np.float64))
+    expected = sigmoid_simple(x.astype(np.float64))
     tiny = np.finfo(dtype).tiny  # below it float32 flushes the tail to 0 (as it must)
     np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=tiny)
     assert y[0] == 0 and y[-1] == 1
@@ -101,12 +87,11 @@ def test_sigmoid_extremes_are_finite_accurate_and_silent(kernels, dtype):
 
 
 def test_cpu_and_cuda_kernels_agree_to_the_bit_on_relu_and_sigmoid_backward():
-    from minidl import backend
     x = np.random.default_rng(5).standard_normal((33, 17)).astype(np.float32)
     g = np.random.default_rng(6).standard_normal((33, 17)).astype(np.float32)
     results = []
     for on_cpu in (False, True):
-        with backend.cuda_kernels_on_cpu() if on_cpu else _nothing():
+        with cuda_kernels_on_cpu() if on_cpu else _nothing():
             t = minidl.Tensor(x, requires_grad=True)
             ops.sigmoid(ops.relu(t)).backward(g)
             results.append(t.grad.numpy())
@@ -144,7 +129,7 @@ def test_empty_input(kernels):
 def test_layers_call_the_ops():
     x = minidl.Tensor(np.array([[-2.0, 0.5]], dtype=np.float32))
     np.testing.assert_array_equal(layers.ReLU()(x).numpy(), [[0, 0.5]])
-    np.testing.assert_allclose(layers.Sigmoid()(x).numpy(), sigmoid_reference(x.numpy()), rtol=1e-6)
+    np.testing.assert_allclose(layers.Sigmoid()(x).numpy(), sigmoid_simple(x.numpy()), rtol=1e-6)
 
 
 @pytest.mark.parametrize("op, name", [(ops.relu, "relu"), (ops.sigmoid, "sigmoid")])

@@ -191,14 +191,14 @@ def test_state_dict_round_trip_and_shape_errors():
 def test_unknown_device_is_rejected():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         Tensor(np.ones(2)).to("tpu")
-    if not minidl.cuda.is_available():
+    if not minidl.backend.cuda_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             Tensor(np.ones(2)).to("cuda")
 
 
 def test_profile_times_each_op_forward_and_backward():
     x = Tensor(rand(3, 4), requires_grad=True)
-    with minidl.autograd.profile() as prof:
+    with minidl.profile() as prof:
         (x * x).sum().backward()
     assert prof.calls[("Mul", (3, 4), "forward")] == 1
     assert prof.calls[("Mul", (3, 4), "backward")] == 1

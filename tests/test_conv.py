@@ -5,35 +5,10 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl.ops import conv as conv_module
-from minidl.ops.conv import conv2d
+from minidl.ops import im2col, workspace
+from minidl.ops.conv import conv2d, conv2d_simple
+from minidl.ops.conv_geometry import Geometry
 from minidl.testing import nvrtc
-
-
-def reference_conv2d(x, w, b, stride, padding, groups):
-    """Cross-correlation by the definition: one output element at a time."""
-    (sh, sw), (ph, pw) = stride, padding
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    og = o // groups
-    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=np.float64)
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
-    oh = (h + 2 * ph - kh) // sh + 1
-    ow = (wd + 2 * pw - kw) // sw + 1
-    y = np.zeros((n, o, oh, ow), dtype=np.float64)
-    for i in range(n):
-        for j in range(o):
-            g = j // og
-            for r in range(oh):
-                for s in range(ow):
-                    total = 0.0 if b is None else float(b[j])
-                    for ci in range(cg):
-                        for u in range(kh):
-                            for v in range(kw):
-                                total += (xp[i, g * cg + ci, r * sh + u, s * sw + v]
-                                          * w[j, ci, u, v])
-                    y[i, j, r, s] = total
-    return y
 
 
 # (N, C, H, W), (O, kH, kW), stride, padding, groups, bias
@@ -69,7 +44,7 @@ def test_forward_matches_reference(kernels, config, dtype):
     x, w, b, stride, padding, groups = make_inputs(config, dtype)
     y = conv2d(kernels.tensor(x), kernels.tensor(w), None if b is None else kernels.tensor(b),
                stride=stride, padding=padding, groups=groups, algorithm="im2col")
-    expected = reference_conv2d(x, w, b, pair(stride), pair(padding), groups)
+    expected = conv2d_simple(x, w, b, pair(stride), pair(padding), groups)
     assert y.dtype == dtype
     assert y.shape == expected.shape
     tol = 1e-4 if dtype == np.float32 else 1e-10
@@ -106,18 +81,19 @@ def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, workspace_im
     x, w, b, stride, padding, groups = make_inputs(((5, 4, 9, 7), (6, 3, 3), 2, 1, 2, True),
                                                    np.float64)
     whole = run_forward_backward(kernels, x, w, b, stride, padding, groups)
-    geo = conv_module._Geometry(x.shape, w.shape, (2, 2), (1, 1), 2)
+    geo = Geometry(x.shape, w.shape, (2, 2), (1, 1), 2)
     per_image = geo.rows * geo.pixels * x.dtype.itemsize
-    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", workspace_images * per_image)
-    assert geo.chunk_size(x.dtype.itemsize) == workspace_images
+    assert im2col.bytes_per_image(geo, x.dtype.itemsize) == per_image
+    monkeypatch.setattr(workspace, "WORKSPACE_BYTES", workspace_images * per_image)
+    assert geo.chunk_size(per_image) == workspace_images
     chunked = run_forward_backward(kernels, x, w, b, stride, padding, groups)
     for name, a, c in zip(("y", "dx", "dw", "db"), whole, chunked):
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(whole[0], reference_conv2d(x, w, b, (2, 2), (1, 1), 2), atol=1e-10)
+    np.testing.assert_allclose(whole[0], conv2d_simple(x, w, b, (2, 2), (1, 1), 2), atol=1e-10)
 
 
 def test_gradcheck_with_chunking(kernels, monkeypatch):
-    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(workspace, "WORKSPACE_BYTES", 1)  # one image per chunk
     x, w, b, stride, padding, groups = make_inputs(((3, 2, 5, 6), (4, 3, 2), 1, 1, 2, True),
                                                    np.float64)
     tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
@@ -126,12 +102,13 @@ def test_gradcheck_with_chunking(kernels, monkeypatch):
 
 
 def test_chunk_sizes_are_balanced(monkeypatch):
-    geo = conv_module._Geometry((32, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), 1)
+    geo = Geometry((32, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), 1)
     per_image = geo.rows * geo.pixels * 4
-    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 30 * per_image)
-    assert geo.chunk_size(4) == 16  # two chunks of 16, not 30 + 2
-    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", 1024 * 2**20)
-    assert geo.chunk_size(4) == 32
+    monkeypatch.setattr(workspace, "WORKSPACE_BYTES", 30 * per_image)
+    assert geo.chunk_size(per_image) == 16  # two chunks of 16, not 30 + 2
+    assert geo.chunks(per_image) == [(0, 16), (16, 16)]
+    monkeypatch.setattr(workspace, "WORKSPACE_BYTES", 1024 * 2**20)
+    assert geo.chunk_size(per_image) == 32
 
 
 def test_matches_torch_alexnet_like(kernels):
@@ -191,7 +168,7 @@ def test_non_contiguous_input_and_empty_batch(kernels):
     xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values
     assert not xt.flags.c_contiguous
     y = conv2d(kernels.tensor(xt), kernels.tensor(w), kernels.tensor(b))
-    np.testing.assert_allclose(kernels.numpy(y), reference_conv2d(x, w, b, (1, 1), (0, 0), 1),
+    np.testing.assert_allclose(kernels.numpy(y), conv2d_simple(x, w, b, (1, 1), (0, 0), 1),
                                atol=1e-10)
     empty = conv2d(kernels.tensor(x[:0]), kernels.tensor(w), kernels.tensor(b))
     assert empty.shape == (0, 4, 5, 5)
@@ -201,10 +178,10 @@ def test_workspace_is_reused():
     x, w, b, stride, padding, groups = make_inputs(CONFIGS[1], np.float32)
     conv2d(minidl.Tensor(x), minidl.Tensor(w), minidl.Tensor(b), stride=stride,
            padding=padding, groups=groups)
-    buffers = dict(conv_module._workspace.buffers)
+    buffers = dict(workspace._buffers.by_role)
     conv2d(minidl.Tensor(x), minidl.Tensor(w), minidl.Tensor(b), stride=stride,
            padding=padding, groups=groups)
-    for key, array in conv_module._workspace.buffers.items():
+    for key, array in workspace._buffers.by_role.items():
         assert array is buffers[key]
 
 
@@ -214,15 +191,15 @@ def test_conv2d_layer(kernels):
     if kernels.name == "cuda":
         layer.to("cuda")
     y = layer(kernels.tensor(x))
-    expected = reference_conv2d(x, layer.weight.numpy(), layer.bias.numpy(), (2, 2), (1, 1), 2)
+    expected = conv2d_simple(x, layer.weight.numpy(), layer.bias.numpy(), (2, 2), (1, 1), 2)
     np.testing.assert_allclose(kernels.numpy(y), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not nvrtc.available(), reason="NVRTC library not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cuda_source_compiles_with_nvrtc(dtype):
-    ptx = nvrtc.compile_file(conv_module._kernels.path, dtype)
-    assert ".entry im2col" in ptx and ".entry col2im" in ptx
+    ptx = nvrtc.compile_file(im2col._kernels.path, dtype)
+    assert ".entry conv_im2col" in ptx and ".entry conv_col2im" in ptx
 
 
 # -- bad inputs ----------------------------------------------------------------------------
@@ -251,15 +228,15 @@ def t(shape, dtype=np.float32):
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), t((4,), np.float64)), TypeError,
      r"conv2d: inputs must share one dtype.*bias is float64"),
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), stride=0), ValueError,
-     r"conv2d: stride must be a positive integer, got \(0, 0\)"),
+     r"conv2d: stride must be a positive int or a pair of positive ints, got 0"),
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), padding=-1), ValueError,
-     r"conv2d: padding must be a non-negative integer"),
+     r"conv2d: padding must be a non-negative int or a pair of non-negative ints, got -1"),
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), stride=1.5), TypeError,
-     r"conv2d: stride must be an int or a pair of ints, got 1.5"),
+     r"conv2d: stride must be a positive int or a pair of positive ints, got 1.5"),
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), groups=0), ValueError,
-     r"conv2d: groups must be a positive integer, got 0"),
-    (lambda: conv2d(np.zeros((1, 3, 8, 8)), t((4, 3, 3, 3))), TypeError,
-     r"conv2d: input must be a minidl Tensor, got ndarray"),
+     r"conv2d: groups must be a positive int, got 0"),
+    (lambda: conv2d([[1.0]], t((4, 3, 3, 3))), TypeError,
+     r"conv2d: input must be a minidl Tensor or an array, got list"),
 ])
 def test_bad_inputs(call, error, pattern):
     with pytest.raises(error, match=pattern):

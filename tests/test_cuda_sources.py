@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl.testing import cuda_on_cpu, nvrtc
+from minidl import cuda
+from minidl.testing import nvrtc
+from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 OPS_DIR = os.path.join(os.path.dirname(minidl.__file__), "ops")
 CU_FILES = sorted(glob.glob(os.path.join(OPS_DIR, "*.cu")))
@@ -45,18 +47,63 @@ def test_nvrtc_rejects_what_only_nvcc_accepts():
         nvrtc.compile_source(source, "fill.cu", ("--gpu-architecture=compute_90",))
 
 
+SCALE_CU = """#include "common.cuh"
+// y[i] = a * x[i] + i. One thread owns one element.
+extern "C" __global__ void scale(long long n, const real_t* x, real_t* y, real_t a) {
+    FOR_EACH(i, n) {
+        y[i] = a * x[i] + (real_t)i;
+    }
+}
+"""
+
+
 def test_shim_runs_a_grid_stride_kernel_like_the_gpu(tmp_path):
-    source = tmp_path / "scale.cu"
-    source.write_text(
-        '// y[i] = a * x[i] + i: each thread owns elements i = tid, tid + stride, ...\n'
-        'extern "C" __global__ void scale(const real_t* x, real_t* y, real_t a, long long n) {\n'
-        '  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n'
-        '       i += (long long)blockDim.x * gridDim.x) y[i] = a * x[i] + (real_t)i;\n'
-        '}\n')
-    for dtype, real in [(np.float32, "float"), (np.float64, "double")]:
-        x = np.arange(29, dtype=dtype)
-        y = np.zeros_like(x)
-        cuda_on_cpu.kernel(str(source), "scale", real)(x.size, x, y, dtype(2), np.int64(x.size))
-        np.testing.assert_array_equal(y, 3 * x)
-    with pytest.raises(TypeError, match="NumPy scalars"):
-        cuda_on_cpu.kernel(str(source), "scale", "float")(3, x, y, 2.0, 3)
+    (tmp_path / "scale.cu").write_text(SCALE_CU)
+    kernels = cuda.KernelFile(str(tmp_path / "scale.py"))
+    with cuda_kernels_on_cpu():
+        for dtype in (np.float32, np.float64):
+            x = np.arange(29, dtype=dtype)
+            y = np.zeros_like(x)
+            kernels("scale", dtype)(x.size, x, y, 2)  # 2 becomes real_t, x.size long long
+            np.testing.assert_array_equal(y, 3 * x)
+
+
+def test_the_launcher_checks_every_argument_against_the_c_signature(tmp_path):
+    (tmp_path / "scale.cu").write_text(SCALE_CU)
+    kernels = cuda.KernelFile(str(tmp_path / "scale.py"))
+    x32, y32 = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with cuda_kernels_on_cpu():
+        launch = kernels("scale", np.float32)
+        with pytest.raises(TypeError, match=r"kernel scale: parameter x \(float \*\) needs float32 "
+                                            r"elements, got a float64 array"):
+            launch(4, x32.astype(np.float64), y32, 2)
+        with pytest.raises(TypeError, match="kernel scale takes the item count and 3 arguments"):
+            launch(4, x32, y32)
+        with pytest.raises(TypeError, match=r"parameter x \(float \*\) needs an array, got float"):
+            launch(4, 1.0, y32, 2)
+        with pytest.raises(TypeError, match=r"parameter a \(float\) needs a scalar, got ndarray"):
+            launch(4, x32, y32, x32)
+        with pytest.raises(TypeError, match=r"parameter n \(long long\) needs an integer, got 4.5"):
+            launch(4.5, x32, y32, 2)
+        with pytest.raises(ValueError, match=r"parameter x \(float \*\) must be C-contiguous"):
+            launch(2, x32[::2], y32, 2)
+    # On a GPU, a NumPy array where the kernel expects a device pointer is refused before the
+    # launch (it would be read as a device address and break the CUDA context).
+    pointer = kernels.signature("scale", np.float32)[1]
+    with pytest.raises(TypeError, match=r"runs on the GPU but got a host \(NumPy\) array"):
+        pointer.convert(x32, "scale", on_gpu=True)
+
+
+def test_every_kernel_follows_the_house_convention():
+    """Every .cu file starts from common.cuh; every kernel takes its item count first and is
+    one FOR_EACH loop; kernel names carry the op's prefix."""
+    for path in CU_FILES:
+        source = open(path).read()
+        assert source.startswith('#include "common.cuh"'), path
+        kernels = re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)\s*\{',
+                             source)
+        assert kernels, path
+        for name, parameters in kernels:
+            assert parameters.split(",")[0].split() == ["long", "long", "n"], (path, name)
+            assert "FOR_EACH(" in source.split(name, 1)[1].split("extern", 1)[0], (path, name)
+        assert "blockIdx.x * blockDim.x" not in source, f"{path} writes its own grid-stride loop"

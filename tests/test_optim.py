@@ -14,10 +14,10 @@ from minidl.optim import SGD, ReduceLROnPlateau, StepLR
 
 
 def python_sgd(w, grads_of, lrs, momentum, weight_decay, l1=0.0):
-    """The update of SPEC.md in plain Python floats: one list per parameter element.
+    """The paper's update (docs/MODELS.md) in plain Python floats: one list per parameter element.
 
     ``grads_of(w)`` gives the gradient at ``w``; ``lrs`` the learning rate of each step.
-    The expression is written exactly as in SPEC.md, left to right.
+    The expression is written exactly as the rule is, left to right.
     """
     w, v, history = list(w), [0.0] * len(w), []
     for lr in lrs:

@@ -22,11 +22,20 @@ def test_numba_cache_dir_is_chosen_only_for_a_read_only_package(monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
     monkeypatch.setattr(os, "access", lambda path, mode: True)
-    minidl._numba_cache_dir()
+    minidl.cpu.configure()
     assert "NUMBA_CACHE_DIR" not in os.environ  # writable: Numba caches beside the source
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    minidl._numba_cache_dir()
+    assert minidl.cpu.configure()["NUMBA_CACHE_DIR"] == "/somewhere/cache/minidl/numba"
     assert os.environ["NUMBA_CACHE_DIR"] == "/somewhere/cache/minidl/numba"
+
+
+def test_configure_can_be_turned_off(monkeypatch):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setenv("MINIDL_NO_CONFIGURE", "1")
+    assert minidl.cpu.configure() == {}
+    assert "NUMBA_CACHE_DIR" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_read_only_install_runs_and_caches_compiled_kernels_in_the_user_cache():
@@ -76,3 +85,8 @@ def test_omp_wait_policy_defaults_to_passive_but_a_user_value_wins():
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "ACTIVE"
+    del env["OMP_WAIT_POLICY"]
+    env["MINIDL_NO_CONFIGURE"] = "1"
+    program = "import os, minidl; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "unset"

@@ -8,7 +8,7 @@ import pytest
 
 import minidl
 from minidl.layers import Parameter
-from minidl.ops import conv as conv_module
+from minidl.ops import workspace
 from minidl.ops.conv import conv2d
 from minidl.optim import SGD
 import minidl.optim as optim_module
@@ -40,7 +40,7 @@ def inputs(dtype=np.float64):
 def test_kept_columns_give_the_same_gradients(kernels, monkeypatch, algorithm):
     x, w, b = inputs()
     kept = conv_grads(kernels, x, w, b, algorithm)
-    monkeypatch.setattr(conv_module, "KEEP_COLUMNS_BYTES", 0)  # recompute them in backward
+    monkeypatch.setattr(workspace, "KEEP_BYTES", 0)  # recompute them in backward
     recomputed = conv_grads(kernels, x, w, b, algorithm)
     for name, a, c in zip(("y", "dx", "dw", "db"), kept, recomputed):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12, err_msg=name)
@@ -57,21 +57,21 @@ def test_kept_columns_survive_a_retained_graph(kernels, algorithm):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_kept_columns_are_given_back(kernels, algorithm):
     gc.collect()
-    before = conv_module._kept["bytes"]
+    before = workspace.kept_bytes()
     x, w, b = inputs()
     xt, wt = kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)
     y = conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
-    assert conv_module._kept["bytes"] > before  # kept for backward
+    assert workspace.kept_bytes() > before  # kept for backward
     y.backward(kernels.tensor(np.ones(y.shape)))
     gc.collect()
-    assert conv_module._kept["bytes"] == before  # freed with the graph
+    assert workspace.kept_bytes() == before  # freed with the graph
     y = conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
     del y  # a graph dropped without backward gives them back too
     gc.collect()
-    assert conv_module._kept["bytes"] == before
+    assert workspace.kept_bytes() == before
     with minidl.no_grad():
         conv2d(xt, wt, None, padding=1, groups=2, algorithm=algorithm)
-        assert conv_module._kept["bytes"] == before  # nothing kept without a graph
+        assert workspace.kept_bytes() == before  # nothing kept without a graph
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -139,7 +139,6 @@ def test_fused_relu_keeps_float32_and_rejects_non_bools():
 def test_sequential_fuses_conv_relu_pairs_with_the_same_results(kernels):
     """Sequential runs Conv2d + ReLU as conv2d(relu=True): same outputs and gradients as the
     layers run one by one, and no separate ReLU op is recorded."""
-    from minidl import autograd
     from minidl.layers import Conv2d, MaxPool2d, ReLU, Sequential
 
     minidl.manual_seed(3)
@@ -151,7 +150,7 @@ def test_sequential_fuses_conv_relu_pairs_with_the_same_results(kernels):
     for fused in (True, False):
         xt = kernels.tensor(x, requires_grad=True)
         model.zero_grad()
-        with autograd.profile() as prof:
+        with minidl.profile() as prof:
             if fused:
                 y = model(xt)
             else:
@@ -159,7 +158,7 @@ def test_sequential_fuses_conv_relu_pairs_with_the_same_results(kernels):
                 for layer in model:
                     y = layer(y)
             y.backward(kernels.tensor(np.ones(y.shape)))
-        relu_ops = sum(1 for key in prof.seconds if key[0] == "ReLU")
+        relu_ops = sum(1 for key in prof.seconds if key[0] == "ReLUFunction")
         assert relu_ops == (0 if fused else 4)  # forward and backward of each ReLU
         results.append([kernels.numpy(a) for a in (y, xt.grad, model[0].weight.grad,
                                                   model[2].weight.grad, model[2].bias.grad)])

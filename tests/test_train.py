@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 
 import minidl
-import minidl.train
 from minidl import backend, checkpoint, random
-from minidl.autograd import Function
 from minidl.layers import Module, Parameter
+from minidl.metrics import (binary_error, one_hot, sigmoid_scores, softmax_scores, top1, top5, topk_error,
+                            with_one_hot)
 from minidl.optim import SGD, ReduceLROnPlateau, StepLR
-from minidl.train import (binary_error, evaluate, fit, one_hot, sigmoid, softmax, top1, top5, topk_error,
-                          with_one_hot)
+from minidl.tensor import Function
+from minidl.train import evaluate, fit
 
 
 # -- a small model that needs nothing but arithmetic -----------------------------------------
@@ -190,8 +190,8 @@ def test_binary_error_counts_wrong_yes_no_outputs():
     # Row 0, label 0: all three right. Row 1, label 1: class 0 wrongly yes.
     assert binary_error(scores, np.array([0, 1])) == pytest.approx(1 / 6)
     assert binary_error(scores, np.array([[1, 0, 0], [0, 1, 0]])) == pytest.approx(1 / 6)
-    assert sigmoid(np.array([0.0]))[0] == 0.5
-    np.testing.assert_allclose(softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+    assert sigmoid_scores(np.array([0.0]))[0] == 0.5
+    np.testing.assert_allclose(softmax_scores(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
 
 
 # -- checkpoint files ---------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_resume_without_the_rng_states_would_differ(tmp_path, monkeypatch):
     model, opt, sched, train, val = make_run()
     fit(model, cross_entropy, opt, train, 2, val_loader=val, scheduler=sched,
         out_dir=tmp_path, progress=False)
-    monkeypatch.setattr(minidl.train, "_restore_rng", lambda state, generators: None)
+    monkeypatch.setattr(random, "restore_state", lambda state, generators: None)
     model, opt, sched, train, val = make_run(seed=99)
     fit(model, cross_entropy, opt, train, 3, val_loader=val, scheduler=sched,
         out_dir=tmp_path, resume=True, progress=False)
@@ -457,17 +457,17 @@ def test_sigmoid_model_with_a_metrics_hook():
         t = minidl.Tensor(target)
         return -(t * p.log() + (1.0 - t) * (1.0 - p).log()).mean()
 
-    result = fit(model, sigmoid_bce, opt, train, 4, val_loader=val, predict=sigmoid,
+    result = fit(model, sigmoid_bce, opt, train, 4, val_loader=val, predict=sigmoid_scores,
                  metrics=(binary_error, top1), progress=False)
     first, last = result["history"][0], result["history"][-1]
     assert result["monitor"] == "val_binary"
     assert {"train_binary", "val_binary", "train_top1", "val_top1"} <= set(last)
     assert last["train_loss"] < first["train_loss"]
     assert last["val_binary"] < first["val_binary"]
-    # The hook's numbers are binary_error of sigmoid(outputs) on the final model.
+    # The hook's numbers are binary_error of sigmoid_scores(outputs) on the final model.
     model.eval()
     with minidl.no_grad():
-        scores = sigmoid(model(minidl.Tensor(val.x)).data)
+        scores = sigmoid_scores(model(minidl.Tensor(val.x)).data)
     assert last["val_binary"] == pytest.approx(binary_error(scores, val.y), rel=1e-12)
 
 
@@ -478,7 +478,7 @@ def test_sigmoid_training_with_the_real_bce_loss():
     assert one_hot(np.array([2, 0]), 3).tolist() == [[0, 0, 1], [1, 0, 0]]
     model, opt, _, train, val = make_run(scheduler=None)
     result = fit(model, with_one_hot(ops.binary_cross_entropy_with_logits), opt, train, 3,
-                 val_loader=val, predict=sigmoid, metrics=(binary_error, top1), progress=False)
+                 val_loader=val, predict=sigmoid_scores, metrics=(binary_error, top1), progress=False)
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
 
 
@@ -494,13 +494,13 @@ def test_evaluate_ten_crop_averages_softmax_over_crops():
     model.eval()
     with minidl.no_grad():
         logits = model(minidl.Tensor(images.reshape(60, 8))).data
-    probs = softmax(logits).reshape(6, 10, 3).mean(axis=1)
+    probs = softmax_scores(logits).reshape(6, 10, 3).mean(axis=1)
     assert result["top1"] == pytest.approx(np.mean(probs.argmax(1) != labels))
-    expected_loss = -np.mean(np.log(softmax(logits))[np.arange(60), np.repeat(labels, 10)])
+    expected_loss = -np.mean(np.log(softmax_scores(logits))[np.arange(60), np.repeat(labels, 10)])
     assert result["loss"] == pytest.approx(expected_loss, rel=1e-12)
     assert result["images"] == 6
     # Averaging probabilities is not averaging logits: on this data at least one image differs.
-    assert not np.allclose(probs, softmax(logits.reshape(6, 10, 3).mean(axis=1)))
+    assert not np.allclose(probs, softmax_scores(logits.reshape(6, 10, 3).mean(axis=1)))
 
     with pytest.raises(ValueError, match=r"evaluate: ten_crop=True expects image batches of shape \(N, 10"):
         evaluate(model, [(images[:, 0], labels)], cross_entropy, ten_crop=True)

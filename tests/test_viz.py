@@ -9,6 +9,7 @@ from PIL import Image
 import minidl
 from minidl import backend, layers, viz
 from minidl.models import alexnet, summary
+from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,7 @@ def test_grad_cam_and_feature_maps_on_the_cuda_kernels(mode):
         model.to("cuda")
         context, image = contextlib.nullcontext(), backend.to_device(x, "cuda")
     else:
-        context, image = backend.cuda_kernels_on_cpu(), x
+        context, image = cuda_kernels_on_cpu(), x
     with context:
         for cls in range(3):
             np.testing.assert_allclose(viz.grad_cam(model, image, cls, layer="relu1"),

@@ -6,10 +6,9 @@ import pytest
 
 import minidl
 from minidl.layers import Conv2d
-from minidl.ops import conv as conv_module
+from minidl.ops import workspace
 from minidl.ops import winograd
-from minidl.ops.conv import conv2d
-from test_conv import reference_conv2d
+from minidl.ops.conv import conv2d, conv2d_simple
 
 # (N, C, H, W), O, padding, groups, bias
 CONFIGS = [
@@ -55,7 +54,8 @@ def test_input_transform_kernel_matches_the_matrices(kernels):
     padded[:, :, 1:7, 1:9] = rng.standard_normal((2, 3, 6, 8))
     tiling = winograd._Tiling(padded.shape, (4, 3, 3, 3), (0, 0), 1)  # 6x8 output: 3x4 tiles
     v = kernels.array(np.zeros((16, 3, 2 * tiling.tiles)))
-    winograd._input_transform(kernels.array(padded), v, tiling, kernels.name != "cpu")
+    steps = winograd.CPU_STEPS if kernels.name == "cpu" else winograd.CUDA_STEPS
+    steps.input_transform(kernels.array(padded), v, tiling)
     v = kernels.numpy(v)
     for b in range(2):
         for c in range(3):
@@ -73,7 +73,7 @@ def test_forward_matches_reference(kernels, config, dtype):
     x, w, b, padding, groups = make_inputs(config, dtype)
     y = conv2d(kernels.tensor(x), kernels.tensor(w), None if b is None else kernels.tensor(b),
                padding=padding, groups=groups, algorithm="winograd")
-    expected = reference_conv2d(x, w, b, (1, 1), pair(padding), groups)
+    expected = conv2d_simple(x, w, b, (1, 1), pair(padding), groups)
     assert y.dtype == dtype and y.shape == expected.shape
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(kernels.numpy(y), expected, rtol=tol, atol=tol)
@@ -136,10 +136,11 @@ def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, images_per_c
     whole = forward_backward(kernels, x, w, b, padding, groups, "winograd")
     tiling = winograd._Tiling(x.shape, w.shape, (1, 1), 2)
     per_image = 16 * 6 * tiling.tiles * x.dtype.itemsize
-    monkeypatch.setattr(conv_module, "WORKSPACE_BYTES", images_per_chunk * per_image)
-    assert tiling.chunk_size(x.dtype.itemsize) == images_per_chunk
+    assert tiling.bytes_per_image(x.dtype.itemsize) == per_image
+    monkeypatch.setattr(workspace, "WORKSPACE_BYTES", images_per_chunk * per_image)
+    assert tiling.geo.chunk_size(per_image) == images_per_chunk
     if not keep:
-        monkeypatch.setattr(conv_module, "KEEP_COLUMNS_BYTES", 0)
+        monkeypatch.setattr(workspace, "KEEP_BYTES", 0)
     chunked = forward_backward(kernels, x, w, b, padding, groups, "winograd")
     for name, a, c in zip(("y", "dx", "dw", "db"), whole, chunked):
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12, err_msg=name)
@@ -151,7 +152,7 @@ def test_empty_batch_and_non_contiguous_input(kernels):
     assert y.shape == (0, 4, 6, 6)
     strided = np.asfortranarray(x)
     y = conv2d(kernels.tensor(strided), kernels.tensor(w), kernels.tensor(b), padding=1)
-    np.testing.assert_allclose(kernels.numpy(y), reference_conv2d(x, w, b, (1, 1), (1, 1), 1),
+    np.testing.assert_allclose(kernels.numpy(y), conv2d_simple(x, w, b, (1, 1), (1, 1), 1),
                                atol=1e-10)
 
 
@@ -159,16 +160,16 @@ def test_auto_picks_winograd_only_for_3x3_stride_1():
     x = minidl.Tensor(np.zeros((1, 2, 9, 9), np.float32))
     w3, w5 = (minidl.Tensor(np.zeros((2, 2, k, k), np.float32), requires_grad=True) for k in (3, 5))
     assert conv2d(x, w3, padding=1).creator.name == "WinogradConv2dFunction"
-    assert conv2d(x, w3, padding=1, algorithm="im2col").creator.name == "Conv2dFunction"
-    assert conv2d(x, w3, stride=2).creator.name == "Conv2dFunction"
-    assert conv2d(x, w5).creator.name == "Conv2dFunction"
+    assert conv2d(x, w3, padding=1, algorithm="im2col").creator.name == "Im2colConv2dFunction"
+    assert conv2d(x, w3, stride=2).creator.name == "Im2colConv2dFunction"
+    assert conv2d(x, w5).creator.name == "Im2colConv2dFunction"
 
 
 def test_layer_passes_the_algorithm_on():
     layer = Conv2d(2, 3, 3, padding=1, algorithm="im2col")
     assert "algorithm='im2col'" in repr(layer)
     y = layer(minidl.Tensor(np.ones((1, 2, 4, 4), np.float32)))
-    assert y.creator.name == "Conv2dFunction"
+    assert y.creator.name == "Im2colConv2dFunction"
     with pytest.raises(ValueError, match="Conv2d: algorithm must be one of"):
         Conv2d(2, 3, 3, algorithm="fft")
 

@@ -237,7 +237,10 @@ def _smooth_noise(rng, size, cells):
 
 
 def _abundances(class_name, rng, size):
-    """Fraction of each material in every pixel: (len(_MATERIALS), size, size), summing to 1."""
+    """Fraction of each material in every pixel: (len(_MATERIALS), size, size), summing to 1.
+
+    Long because it is one branch per class, each a few lines of drawing: split up, the ten
+    recipes would no longer read side by side."""
     a = {m: np.zeros((size, size)) for m in _MATERIALS}
     coords = np.arange(size) + 0.5
     xx, yy = np.meshgrid(coords, coords)

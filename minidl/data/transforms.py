@@ -10,7 +10,7 @@ An image is either a Pillow image (what ``ImageFolder`` decodes) or a NumPy arra
 ones can run on the Pillow image before it is turned into floats; ``ToArray`` converts a Pillow
 image to CHW float32 in [0, 1]; the pixel transforms (``PCALighting``, ``Normalize``) need arrays.
 
-The paper's pipeline (SPEC.md, "Training (paper)") is ``alexnet_train_transform()``:
+The paper's pipeline (docs/MODELS.md) is ``alexnet_train_transform()``:
 shorter side to 256, centre 256x256, random 227x227 crop, random horizontal flip, fancy-PCA
 colour noise, per-channel normalisation; and ``alexnet_eval_transform(ten_crop=True)`` for the
 10-crop test.

@@ -3,7 +3,8 @@ from .activation import ReLU, Sigmoid
 from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
-from .module import Module, Parameter, Sequential
+from .module import Module, Parameter
+from .sequential import Sequential
 from .normalization import LocalResponseNorm
 from .pool import MaxPool2d
 

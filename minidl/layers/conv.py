@@ -1,9 +1,7 @@
-import math
-
 import numpy as np
 
-from .. import ops, random
-from ..ops._checks import pair, positive_ints, non_negative_ints
+from .. import init, ops
+from ..ops import checks
 from .module import Module, Parameter
 
 
@@ -23,20 +21,23 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: algorithm must be one of {ops.conv.ALGORITHMS}, "
                              f"got {algorithm!r}")
         self.algorithm = algorithm
-        positive_ints("Conv2d", in_channels=in_channels, out_channels=out_channels, groups=groups)
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("groups", groups)):
+            checks.integer("Conv2d", name, value, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride), pair(padding)
-        positive_ints("Conv2d", kernel_size=self.kernel_size, stride=self.stride)
-        non_negative_ints("Conv2d", padding=self.padding)
-        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
-        bound = 1.0 / math.sqrt(fan_in)
-        rng = random.default_generator()
+        self.kernel_size = checks.int_pair("Conv2d", "kernel_size", kernel_size, 1)
+        self.stride = checks.int_pair("Conv2d", "stride", stride, 1)
+        self.padding = checks.int_pair("Conv2d", "padding", padding, 0)
         shape = (out_channels, in_channels // groups) + self.kernel_size
-        self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(dtype)) if bias else None
+        self.weight = Parameter(np.empty(shape, dtype))
+        self.bias = Parameter(np.empty(out_channels, dtype)) if bias else None
+        fan_in, _ = init.fans(shape)
+        init.fan_in_uniform_(self.weight, fan_in)
+        if bias:
+            init.fan_in_uniform_(self.bias, fan_in)
 
     def forward(self, x, relu=False):
         """The convolution of ``x``; ``relu=True`` returns relu of it, fused (see ops.conv2d)."""

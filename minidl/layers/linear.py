@@ -1,9 +1,7 @@
-import math
-
 import numpy as np
 
-from .. import ops, random
-from ..ops._checks import positive_ints
+from .. import init, ops
+from ..ops import checks
 from .module import Module, Parameter
 
 
@@ -12,12 +10,14 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
         super().__init__()
-        positive_ints("Linear", in_features=in_features, out_features=out_features)
+        checks.integer("Linear", "in_features", in_features, 1)
+        checks.integer("Linear", "out_features", out_features, 1)
         self.in_features, self.out_features = in_features, out_features
-        bound = 1.0 / math.sqrt(in_features)
-        rng = random.default_generator()
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
-        self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
+        self.weight = Parameter(np.empty((out_features, in_features), dtype))
+        self.bias = Parameter(np.empty(out_features, dtype)) if bias else None
+        init.fan_in_uniform_(self.weight, in_features)
+        if bias:
+            init.fan_in_uniform_(self.bias, in_features)
 
     def forward(self, x):
         return ops.linear(x, self.weight, self.bias)

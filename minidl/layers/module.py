@@ -1,8 +1,12 @@
-"""``Module``, the base of every layer and model, plus ``Parameter`` and ``Sequential``.
+"""``Module``, the base of every layer and model, and ``Parameter``.
 
 As in PyTorch: assigning a ``Parameter`` or a ``Module`` to an attribute registers it, so
 ``parameters()``, ``state_dict()``, ``to()`` and ``train()``/``eval()`` find everything.
+Calling a module runs its ``forward`` and then its forward hooks
+(``register_forward_hook``), each of which may replace the output: that is how
+``models.capture`` records a layer's output without touching the layer.
 """
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
@@ -26,6 +30,7 @@ class Module:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -43,9 +48,27 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *inputs, **kwargs):
-        return self.forward(*inputs, **kwargs)
+        output = self.forward(*inputs, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            replaced = hook(self, inputs, output)
+            if replaced is not None:
+                output = replaced
+        return output
 
-    # -- walking the tree -----------------------------------------------------------
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, inputs, output)`` after every forward, as in PyTorch.
+
+        A hook that returns something other than None replaces the output: what it returns is
+        what the caller (and the rest of the model) sees. Returns a handle whose ``remove()``
+        unregisters the hook.
+        """
+        return _HookHandle(self._forward_hooks, hook)
+
+    @property
+    def has_forward_hooks(self):
+        return bool(self._forward_hooks)
+
+    # -- walking the tree -------------------------------------------------------------------------
     def named_children(self):
         return iter(self._modules.items())
 
@@ -74,7 +97,7 @@ class Module:
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
 
-    # -- modes and devices ----------------------------------------------------------------
+    # -- modes and devices ------------------------------------------------------------------------
     def train(self, mode=True):
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
@@ -82,6 +105,18 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """``with model.evaluating():`` runs the block in eval mode (dropout off), then puts
+        every module's own train/eval flag back as it was."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for module, flag in modes:
+                object.__setattr__(module, "training", flag)
 
     def zero_grad(self):
         for p in self.parameters():
@@ -101,7 +136,14 @@ class Module:
         params = self.parameters()
         return params[0].device if params else "cpu"
 
-    # -- saving ---------------------------------------------------------------------------
+    @property
+    def dtype(self):
+        """The dtype of the first parameter (float32 for a module without parameters): what
+        inputs are converted to."""
+        params = self.parameters()
+        return params[0].dtype if params else np.dtype(np.float32)
+
+    # -- saving -----------------------------------------------------------------------------------
     def state_dict(self):
         """Parameter name -> a NumPy copy of its values (device-independent)."""
         return OrderedDict((name, backend.to_numpy(p.data).copy())
@@ -128,7 +170,7 @@ class Module:
                 xp = backend.array_module(p.data)
                 p.data = xp.asarray(backend.to_numpy(value), dtype=p.dtype).copy()
 
-    # -- printing -------------------------------------------------------------------------
+    # -- printing ---------------------------------------------------------------------------------
     def extra_repr(self):
         return ""
 
@@ -142,55 +184,13 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
-class Sequential(Module):
-    """Applies its modules in order. Takes modules, or one OrderedDict of name -> module."""
+class _HookHandle:
+    """What ``register_forward_hook`` returns: ``remove()`` takes the hook off again."""
 
-    def __init__(self, *modules):
-        super().__init__()
-        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
-            items = list(modules[0].items())
-        else:
-            items = [(str(i), m) for i, m in enumerate(modules)]
-        for name, module in items:
-            if not isinstance(module, Module):
-                raise TypeError(f"Sequential: item {name!r} is a {type(module).__name__}, not a Module")
-            setattr(self, name, module)
+    def __init__(self, hooks, hook):
+        self._hooks = hooks
+        self._key = object()
+        hooks[self._key] = hook
 
-    def forward(self, x):
-        modules = list(self._modules.values())
-        i = 0
-        while i < len(modules):
-            if i + 1 < len(modules) and _conv_then_relu(modules[i], modules[i + 1]):
-                x = modules[i](x, relu=True)  # the ReLU applied by the convolution itself
-                i += 2
-            else:
-                x = modules[i](x)
-                i += 1
-        return x
-
-    def __getitem__(self, index):
-        if isinstance(index, str):
-            return self._modules[index]
-        return list(self._modules.values())[index]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-
-def _conv_then_relu(module, following):
-    """Whether ``module`` is a Conv2d directly followed by a ReLU, neither of them hooked by
-    ``models.capture`` (which replaces a layer's ``forward`` to record its output).
-
-    Sequential then runs the pair as one ``conv2d(..., relu=True)``: the convolution applies
-    max(., 0) while it writes its output and the ReLU's mask while it reads the gradient,
-    which saves the ReLU's own pass over the activations each way (~7 % of a EuroNet step)
-    and gives the same values and gradients as the two layers run one after the other.
-    """
-    from .activation import ReLU
-    from .conv import Conv2d
-
-    return (type(module) is Conv2d and type(following) is ReLU
-            and "forward" not in module.__dict__ and "forward" not in following.__dict__)
+    def remove(self):
+        self._hooks.pop(self._key, None)

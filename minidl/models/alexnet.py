@@ -27,11 +27,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import backend, random
+from .. import init
 from ..layers import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU,
                       Sequential)
-from ..tensor import Tensor
-from .summary import forward_with
+from .classifier import ImageClassifier
 
 INPUT_SHAPE = (3, 227, 227)
 
@@ -43,13 +42,14 @@ VARIANTS = {
                   weight_std={"fc6": 0.005, "fc7": 0.005}, bias=0.1),
 }
 
-# The layers whose bias starts non-zero (1 in the paper, 0.1 in Caffe).
+# The layers with weights, and those whose bias starts non-zero (1 in the paper, 0.1 in Caffe).
+WEIGHTED_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 NONZERO_BIAS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 _FEATURES_END = "pool5"  # the last layer of model.features; model.classifier is the rest
 
 
-class AlexNet(Sequential):
+class AlexNet(ImageClassifier):
     """AlexNet as a named ``Sequential``; build it with ``alexnet()``."""
 
     input_shape = INPUT_SHAPE
@@ -94,20 +94,14 @@ class AlexNet(Sequential):
 
     def reset_parameters(self, generator=None):
         """Draw the variant's initial weights from ``generator`` (minidl's default one if None)."""
-        rng = generator if generator is not None else random.default_generator()
         settings = VARIANTS[self.variant]
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        for name in WEIGHTED_LAYERS:
             layer = self[name]
-            std = settings["weight_std"].get(name, 0.01)
-            dtype = layer.weight.dtype
-            # standard_normal in the layer's dtype: no float64 copy of fc6's 37.7 M weights.
-            weight = rng.standard_normal(layer.weight.shape, dtype=dtype) * dtype.type(std)
-            bias = settings["bias"] if name in NONZERO_BIAS else 0.0
-            layer.weight.data = _like(layer.weight.data, weight)
-            layer.bias.data = _like(layer.bias.data, np.full(layer.bias.shape, bias, dtype=dtype))
+            init.normal_(layer.weight, std=settings["weight_std"].get(name, 0.01), generator=generator)
+            init.constant_(layer.bias, settings["bias"] if name in NONZERO_BIAS else 0.0)
         return self
 
-    # -- views -------------------------------------------------------------------------------
+    # -- views ------------------------------------------------------------------------------------
     def _slice(self, start, stop):
         names = list(self._modules)
         lo = names.index(start) if start else 0
@@ -125,33 +119,8 @@ class AlexNet(Sequential):
         names = list(self._modules)
         return self._slice(names[names.index(_FEATURES_END) + 1], None)
 
-    # -- running ---------------------------------------------------------------------------
-    def forward(self, x):
-        _check_input("alexnet", x, INPUT_SHAPE)
-        return super().forward(x)
-
-    def forward_with(self, x, taps):
-        """``{tap: activation, ..., "output": logits}`` for the named layers (see ``summary.forward_with``)."""
-        return forward_with(self, x, taps)
-
     def extra_repr(self):
         return f"variant={self.variant!r}, num_classes={self.num_classes}"
-
-
-def _like(old, new):
-    """``new`` (a NumPy array) on the same device as ``old``."""
-    return backend.to_device(new, backend.device_of(old))
-
-
-def _check_input(name, x, expected):
-    """Fail before the first convolution, naming the expected shape, if ``x`` does not fit."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a minidl Tensor of shape (N, {', '.join(map(str, expected))}), "
-                        f"got {type(x).__name__}")
-    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(expected):
-        sizes = "x".join(map(str, expected))
-        raise ValueError(f"{name}: expected input of shape (N, {', '.join(map(str, expected))}) "
-                         f"-- a batch of {sizes} images -- got shape {x.shape}")
 
 
 def alexnet(num_classes=1000, variant="paper", dropout=0.5, dtype=np.float32, generator=None):

@@ -1,9 +1,9 @@
 """Looking inside a model: intermediate activations by layer name, and the summary table.
 
 Both rest on one small mechanism, ``capture``: for the duration of a ``with`` block it
-replaces the ``forward`` of the named sub-modules (on the instances only, not their classes)
-by a wrapper that records what each returns. Any ``Module`` works -- a ``Sequential``, AlexNet,
-a hand-made model -- because nothing is asked of the model beyond its ``named_modules()``.
+registers a forward hook (``Module.register_forward_hook``) on each named sub-module that
+records what the module returns. Any ``Module`` works -- a ``Sequential``, AlexNet, a
+hand-made model -- because nothing is asked of the model beyond its ``named_modules()``.
 """
 import contextlib
 from collections import OrderedDict
@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
-from ..autograd import no_grad
+from ..tensor import no_grad
 from ..tensor import Tensor
 
 
@@ -48,28 +48,24 @@ def capture(model, names, transform=None):
     if len(set(names)) != len(names):
         raise ValueError(f"capture: layer names repeat in {names}")
     outputs = OrderedDict()
-    patched = []
-    for name, module in _resolve(model, names):
-        if "forward" in module.__dict__:
-            raise RuntimeError(f"capture: layer {name!r} is already being captured")
-        original = module.forward  # the bound method of the class
+    handles = []
 
-        def wrapper(*args, _name=name, _original=original, **kwargs):
-            out = _original(*args, **kwargs)
+    def recorder(name):
+        def hook(module, inputs, out):
             if transform is not None:
-                out = transform(_name, out)
-            outputs.pop(_name, None)
-            outputs[_name] = out
+                out = transform(name, out)
+            outputs.pop(name, None)
+            outputs[name] = out
             return out
+        return hook
 
-        # object.__setattr__: bypass Module.__setattr__, which would treat it as an attribute.
-        object.__setattr__(module, "forward", wrapper)
-        patched.append(module)
     try:
+        for name, module in _resolve(model, names):
+            handles.append(module.register_forward_hook(recorder(name)))
         yield outputs
     finally:
-        for module in patched:
-            del module.__dict__["forward"]
+        for handle in handles:
+            handle.remove()
 
 
 def forward_with(model, x, taps):
@@ -154,26 +150,16 @@ def summary(model, input_shape, fold_activations=True, print_table=True):
     and Dropout are folded into the row before (op ``"Conv2d + ReLU"``), like the slides' table.
     """
     input_shape = tuple(int(n) for n in input_shape)
-    params = model.parameters()
-    dtype = params[0].dtype if params else np.dtype(np.float32)
-    device = model.device
-    x = Tensor(backend.to_device(np.zeros((1,) + input_shape, dtype=dtype), device))
+    x = Tensor(backend.to_device(np.zeros((1,) + input_shape, dtype=model.dtype), model.device))
+    modules = dict(model.named_modules())
+    calls = []
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        modules = dict(model.named_modules())
-        calls = []
+    def record(name, out):
+        calls.append((name, out.shape))
+        return out
 
-        def record(name, out):
-            calls.append((name, out.shape))
-            return out
-
-        with no_grad(), capture(model, _leaf_names(model), transform=record):
-            model(x)
-    finally:
-        for m, flag in modes:
-            object.__setattr__(m, "training", flag)
+    with model.evaluating(), no_grad(), capture(model, _leaf_names(model), transform=record):
+        model(x)
 
     rows = []
     for name, shape in calls:
@@ -187,7 +173,7 @@ def summary(model, input_shape, fold_activations=True, print_table=True):
             rows.append((name, op, tuple(shape[1:]), n_params))
 
     total = model.num_parameters()
-    trainable = sum(p.size for p in params if p.requires_grad)
+    trainable = sum(p.size for p in model.parameters() if p.requires_grad)
     result = ModelSummary(type(model).__name__, input_shape, rows, total, trainable)
     if print_table:
         print(result)

@@ -4,13 +4,10 @@ These are written once against ``xp`` (NumPy or CuPy share the calls), so they n
 separate kernels. Broadcasting works as in NumPy; backward sums a gradient back down to the
 shape of the input it belongs to (``unbroadcast``).
 """
-import builtins
-
 import numpy as np
 
 from .. import backend
-from ..autograd import Function
-from ..tensor import Tensor
+from ..tensor import Function, Tensor
 
 
 def unbroadcast(grad, shape):
@@ -222,9 +219,10 @@ def neg(a):
     return Neg.apply(a)
 
 
-def pow(a, exponent):
+def power(a, exponent):
+    """a ** exponent for a constant number ``exponent``."""
     if isinstance(exponent, Tensor):
-        raise TypeError("pow: the exponent must be a number, not a tensor")
+        raise TypeError("power: the exponent must be a number, not a tensor")
     return Pow.apply(a, exponent)
 
 
@@ -240,7 +238,8 @@ def matmul(a, b):
     return MatMul.apply(*_pair(a, b))
 
 
-def sum(a, axis=None, keepdims=False):
+def reduce_sum(a, axis=None, keepdims=False):
+    """The sum over ``axis`` (an int, a tuple of ints, or None for all), as ``Tensor.sum``."""
     return Sum.apply(a, axis=axis, keepdims=keepdims)
 
 
@@ -250,7 +249,7 @@ def mean(a, axis=None, keepdims=False):
     else:
         axes = (axis,) if isinstance(axis, int) else axis
         count = int(np.prod([a.shape[ax] for ax in axes]))
-    return sum(a, axis=axis, keepdims=keepdims) * (1.0 / builtins.max(count, 1))
+    return reduce_sum(a, axis=axis, keepdims=keepdims) * (1.0 / max(count, 1))
 
 
 def reshape(a, shape):

@@ -1,7 +1,7 @@
-"""Input checks shared by the ops, so a mistake is reported where it is made.
+"""Input checks shared by the ops and the layers, so a mistake is reported where it is made.
 
-Each raises ``TypeError`` (wrong dtype) or ``ValueError`` (wrong shape or value) with a
-message naming the op, what it got and what it expected -- never a crash inside a kernel.
+Each raises ``TypeError`` (wrong type or dtype) or ``ValueError`` (wrong shape or value) with
+a message naming the op, what it got and what it expected -- never a crash inside a kernel.
 """
 import numpy as np
 
@@ -9,7 +9,10 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def float_array(op, name, array, ndim=None, layout=None):
-    """``array`` must be float32/float64 and, if ``ndim`` is given, have that many dims."""
+    """``array`` must be a float32/float64 array and, if ``ndim`` is given, have that many dims."""
+    if not hasattr(array, "dtype") or not hasattr(array, "shape"):
+        raise TypeError(f"{op}: {name} must be a minidl Tensor or an array, "
+                        f"got {type(array).__name__}")
     if array.dtype not in FLOATS:
         raise TypeError(f"{op}: {name} has dtype {array.dtype}; expected float32 or float64 "
                         "(convert with .astype(np.float32))")
@@ -25,27 +28,35 @@ def same_dtype(op, **arrays):
         raise TypeError(f"{op}: inputs must share one dtype, but {listed}")
 
 
-def positive_ints(op, **values):
-    for name, value in values.items():
-        for v in (value if isinstance(value, tuple) else (value,)):
-            if int(v) != v or v < 1:
-                raise ValueError(f"{op}: {name} must be a positive integer, got {value!r}")
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def non_negative_ints(op, **values):
-    for name, value in values.items():
-        for v in (value if isinstance(value, tuple) else (value,)):
-            if int(v) != v or v < 0:
-                raise ValueError(f"{op}: {name} must be a non-negative integer, got {value!r}")
+def _kind(low):
+    return "positive" if low > 0 else "non-negative" if low == 0 else f">= {low}"
 
 
-def pair(value):
-    """2 -> (2, 2); (3, 2) -> (3, 2)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"expected an int or a pair of ints, got {value!r}")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def integer(op, name, value, low):
+    """``value`` as a Python int; TypeError if it is not an int, ValueError if below ``low``."""
+    if not _is_int(value):
+        raise TypeError(f"{op}: {name} must be a {_kind(low)} int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{op}: {name} must be a {_kind(low)} int, got {value!r}")
+    return int(value)
+
+
+def int_pair(op, name, value, low):
+    """An int or a (height, width) pair of ints, each at least ``low`` -> a pair of Python ints.
+
+    TypeError if it is neither an int nor a pair of ints, ValueError if a value is below ``low``.
+    """
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    kind = _kind(low)
+    if len(items) != 2 or not all(_is_int(v) for v in items):
+        raise TypeError(f"{op}: {name} must be a {kind} int or a pair of {kind} ints, got {value!r}")
+    if min(items) < low:
+        raise ValueError(f"{op}: {name} must be a {kind} int or a pair of {kind} ints, got {value!r}")
+    return int(items[0]), int(items[1])
 
 
 def class_labels(op, labels, batch, num_classes):

@@ -1,3 +1,4 @@
+#include "common.cuh"
 // dropout.cu -- inverted dropout with a counter-based mask (see dropout.py for the derivation).
 //
 // The mask is a pure function of (seed, element index), so it needs no stored random state,
@@ -16,12 +17,11 @@ __device__ __forceinline__ unsigned long long dropout_hash(unsigned long long se
 
 // y[i] = x[i] * scale if (hash(seed, i) >> 11) >= threshold, else 0; scale = 1 / (1 - p) and
 // threshold = ceil(p * 2^53). Forward runs it on the input, backward on the gradient (dropout
-// is linear in x). Grid-stride loop: thread t owns elements t, t + stride, ...
-extern "C" __global__ void dropout_apply(const real_t* __restrict__ x, real_t* __restrict__ y,
-                                         long long n, unsigned long long seed,
+// is linear in x). One thread owns one element.
+extern "C" __global__ void dropout_apply(long long n, const real_t* __restrict__ x,
+                                         real_t* __restrict__ y, unsigned long long seed,
                                          unsigned long long threshold, real_t scale) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
-         i += (long long)blockDim.x * gridDim.x) {
+    FOR_EACH(i, n) {
         const bool keep = (dropout_hash(seed, (unsigned long long)i) >> 11) >= threshold;
         y[i] = keep ? x[i] * scale : (real_t)0;
     }

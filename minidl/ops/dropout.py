@@ -28,10 +28,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import backend, cuda, random
-from ..autograd import Function
-from ..tensor import Tensor
-from . import _checks
+from .. import backend, cpu, cuda, random
+from ..tensor import Function, Tensor
+from . import checks
 
 _kernels = cuda.KernelFile(__file__)
 
@@ -40,6 +39,28 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _ONE = np.uint64(1)
+
+
+# -- simple version: the definition in plain loops ------------------------------------------------
+
+def dropout_simple(x, p, seed):
+    """x * mask(seed) / (1 - p) by a plain loop over a NumPy array, hashing each index in
+    Python integers: what the kernels below compute, and what the tests check them against."""
+    mask64 = 2 ** 64 - 1
+    threshold = math.ceil(p * 2.0 ** 53)
+    flat = x.reshape(-1)
+    y = np.zeros_like(flat)
+    for i in range(flat.size):
+        z = (int(seed) + (i + 1) * 0x9E3779B97F4A7C15) & mask64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        z ^= z >> 31
+        if (z >> 11) >= threshold:
+            y[i] = flat[i] * x.dtype.type(1.0 / (1.0 - p))
+    return y.reshape(x.shape)
+
+
+# -- CPU kernel (Numba) ---------------------------------------------------------------------------
 
 
 @njit(cache=True, inline="always")
@@ -52,8 +73,8 @@ def _hash(seed, i):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(parallel=True, cache=True)
-def _dropout_cpu(x, y, seed, threshold, scale):
+@cpu.parallel_kernel
+def _apply_cpu_kernel(x, y, seed, threshold, scale):
     # y[i] = x[i] * scale if (hash(seed, i) >> 11) >= threshold else 0. Each prange iteration
     # owns one element; the mask depends only on (seed, i), not on which core runs it.
     for i in prange(x.size):
@@ -61,6 +82,16 @@ def _dropout_cpu(x, y, seed, threshold, scale):
             y[i] = x[i] * scale
         else:
             y[i] = 0
+
+
+# -- drivers: one per device, same signature ------------------------------------------------------
+
+def _apply_cpu(x, y, seed, threshold, scale):
+    _apply_cpu_kernel(x.reshape(-1), y.reshape(-1), seed, threshold, scale)
+
+
+def _apply_cuda(x, y, seed, threshold, scale):
+    _kernels("dropout_apply", x.dtype)(x.size, x, y, seed, threshold, scale)
 
 
 def threshold_for(p):
@@ -77,19 +108,17 @@ def apply_mask(x, p, seed):
     xp = backend.array_module(x)
     x = xp.ascontiguousarray(x)
     y = xp.empty(x.shape, dtype=x.dtype)
-    seed, threshold = np.uint64(seed), threshold_for(p)
     scale = x.dtype.type(1.0 / (1.0 - p))  # in the array's dtype: no float64 upcast
-    if backend.uses_cuda_kernels(x):
-        _kernels("dropout_apply", x.dtype)(x.size, x, y, np.int64(x.size), seed, threshold, scale)
-    else:
-        with backend.cpu_threads_for(x.size):
-            _dropout_cpu(x.reshape(-1), y.reshape(-1), seed, threshold, scale)
+    apply = backend.pick(x, cpu=_apply_cpu, cuda=_apply_cuda)
+    apply(x, y, np.uint64(seed), threshold_for(p), scale)
     return y
 
 
-class Dropout(Function):
+# -- the Function ---------------------------------------------------------------------------------
+
+class DropoutFunction(Function):
     def forward(self, x, p, seed):
-        _checks.float_array("dropout", "input", x)
+        checks.float_array("dropout", "input", x)
         self.p, self.seed = p, seed
         return apply_mask(x, p, seed)
 
@@ -117,8 +146,7 @@ def dropout(x, p=0.5, training=True, generator=None):
     ``numpy.random.Generator`` from which one 64-bit seed is drawn per call.
     """
     _check_p(p)
-    x = x if isinstance(x, Tensor) else Tensor(x)
-    _checks.float_array("dropout", "input", x.data)
     if not training or p == 0:
-        return x
-    return Dropout.apply(x, float(p), draw_seed(generator))
+        checks.float_array("dropout", "input", x.data if isinstance(x, Tensor) else x)
+        return x if isinstance(x, Tensor) else Tensor(x)
+    return DropoutFunction.apply(x, float(p), draw_seed(generator))

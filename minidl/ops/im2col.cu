@@ -1,25 +1,22 @@
-// conv.cu -- the two data-movement kernels of convolution by im2col + GEMM.
+#include "common.cuh"
+// im2col.cu -- the two data-movement kernels of convolution by im2col + GEMM (see im2col.py).
 //
-// The multiply-adds themselves are matrix products done by cuBLAS (cupy.matmul); these kernels
-// only rearrange data around them. Both work on one chunk of B images:
+// The multiply-adds themselves are matrix products done by cuBLAS; these kernels only
+// rearrange data around them. Both work on one chunk of B images:
 //
 //   x     (B, C, H, W)                  the input chunk
 //   cols  (C*kH*kW, B*OH*OW)            row (c, ki, kj), column (b, oh, ow)
 //   cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 outside x)
-//
-// Compiled twice, with real_t = float and real_t = double (see minidl/cuda.py).
 
-// One thread per column element: each element is one read of x (or a zero from the padding).
-// Consecutive threads take consecutive ow, so the writes are coalesced.
-extern "C" __global__ void im2col(const real_t* __restrict__ x, real_t* __restrict__ cols,
-                                  long long batch, int channels, int height, int width,
-                                  int kernel_h, int kernel_w, int stride_h, int stride_w,
-                                  int pad_h, int pad_w, int out_h, int out_w) {
+// One thread owns one column element (n = cols.size): each element is one read of x (or a
+// zero from the padding). Consecutive threads take consecutive ow, so the writes coalesce.
+extern "C" __global__ void conv_im2col(
+        long long n, const real_t* __restrict__ x, real_t* __restrict__ cols, long long batch,
+        int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
+        int stride_w, int pad_h, int pad_w, int out_h, int out_w) {
     const long long out_plane = (long long)out_h * out_w;
     const long long n_columns = batch * out_plane;
-    const long long total = (long long)channels * kernel_h * kernel_w * n_columns;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)blockDim.x * gridDim.x) {
+    FOR_EACH(i, n) {
         const long long row = i / n_columns;
         const long long column = i - row * n_columns;
         const int kj = (int)(row % kernel_w);
@@ -39,20 +36,18 @@ extern "C" __global__ void im2col(const real_t* __restrict__ x, real_t* __restri
     }
 }
 
-// The adjoint of im2col, as a gather: one thread per input element x[b, c, h, w] sums the
-// column entries that element was copied into, i.e. every (ki, kj) with
-// oh = (h + pH - ki) / sH and ow = (w + pW - kj) / sW whole numbers inside the output.
-// Each thread writes only its own element -- no atomics -- and always adds the taps in the
-// same (ki, kj) order, so the result is deterministic (and equal to the Numba col2im's).
-extern "C" __global__ void col2im(const real_t* __restrict__ cols, real_t* __restrict__ dx,
-                                  long long batch, int channels, int height, int width,
-                                  int kernel_h, int kernel_w, int stride_h, int stride_w,
-                                  int pad_h, int pad_w, int out_h, int out_w) {
+// The adjoint of im2col, as a gather: dx[b, c, h, w] sums the column entries that element was
+// copied into, i.e. every (ki, kj) with oh = (h + pH - ki) / sH and ow = (w + pW - kj) / sW
+// whole numbers inside the output. One thread owns one input element (n = dx.size) and writes
+// only it -- no atomics -- adding the taps in the same (ki, kj) order as the Numba col2im, so
+// the two give the same sums.
+extern "C" __global__ void conv_col2im(
+        long long n, const real_t* __restrict__ cols, real_t* __restrict__ dx, long long batch,
+        int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
+        int stride_w, int pad_h, int pad_w, int out_h, int out_w) {
     const long long out_plane = (long long)out_h * out_w;
     const long long n_columns = batch * out_plane;
-    const long long total = batch * channels * height * width;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)blockDim.x * gridDim.x) {
+    FOR_EACH(i, n) {
         const int w = (int)(i % width);
         const int h = (int)((i / width) % height);
         const long long bc = i / ((long long)width * height);

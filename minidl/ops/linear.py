@@ -11,10 +11,8 @@ kernel here would beat. ``W.T`` is a transposed *view*; BLAS reads it as it is, 
 
 The first two are computed transposed, y^T = W @ x^T and dx^T = W^T @ g^T, and the small
 result turned round into a C-contiguous array (one copy of N x out or N x in floats, with the
-bias added on the way): with a batch of 32-128 rows, OpenBLAS on 2 threads runs that
-orientation 1.2-6x faster than x @ W^T (fc7 of AlexNet at batch 32: 17 vs 103 ms forward,
-21 vs 100 ms for dx, on a loaded 2-core machine). dW = g^T @ x is already the fast one (the
-transposed form is 4-8x slower).
+bias added on the way): with a batch of 32-128 rows, that is the orientation OpenBLAS runs
+fastest (docs/PERFORMANCE.md has the figures). dW = g^T @ x is already the fast one.
 
 Each product is computed only when that input needs a gradient, and forward saves only what
 those products read (x for dW, W for dx), so a frozen layer or the first layer (whose input
@@ -23,17 +21,35 @@ needs no gradient) keeps less alive between forward and backward.
 import numpy as np
 
 from .. import backend
-from ..autograd import Function
-from . import _checks
+from ..tensor import Function
+from . import checks
 
 
-class Linear(Function):
+# -- simple version: the definition in plain loops ------------------------------------------------
+
+def linear_simple(x, weight, bias=None):
+    """y[i, o] = bias[o] + sum over j of x[i, j] * weight[o, j], in float64 plain loops."""
+    n, k = x.shape
+    m = weight.shape[0]
+    y = np.zeros((n, m))
+    for i in range(n):
+        for o in range(m):
+            total = 0.0 if bias is None else float(bias[o])
+            for j in range(k):
+                total += float(x[i, j]) * float(weight[o, j])
+            y[i, o] = total
+    return y
+
+
+# -- the Functions --------------------------------------------------------------------------------
+
+class LinearFunction(Function):
     def forward(self, x, weight, bias=None):
-        _checks.float_array("linear", "input", x, ndim=2, layout="N, in_features")
-        _checks.float_array("linear", "weight", weight, ndim=2, layout="out_features, in_features")
+        checks.float_array("linear", "input", x, ndim=2, layout="N, in_features")
+        checks.float_array("linear", "weight", weight, ndim=2, layout="out_features, in_features")
         if bias is not None:
-            _checks.float_array("linear", "bias", bias, ndim=1, layout="out_features")
-        _checks.same_dtype("linear", input=x, weight=weight, bias=bias)
+            checks.float_array("linear", "bias", bias, ndim=1, layout="out_features")
+        checks.same_dtype("linear", input=x, weight=weight, bias=bias)
         if x.shape[1] != weight.shape[1]:
             raise ValueError(f"linear: input has {x.shape[1]} features (shape {tuple(x.shape)}) but "
                              f"weight of shape {tuple(weight.shape)} = (out_features, in_features) "
@@ -62,7 +78,7 @@ class Linear(Function):
         return grad_x, grad_w, grad_b
 
 
-class Flatten(Function):
+class FlattenFunction(Function):
     def forward(self, x, start_dim):
         self.shape = x.shape
         # The size is spelled out rather than -1, so that an empty batch (0, C, H, W) works.
@@ -77,7 +93,7 @@ class Flatten(Function):
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` with x (N, in_features), weight (out_features, in_features) as
     in ``torch.nn.functional.linear``, bias (out_features,) or None."""
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)
 
 
 def flatten(x, start_dim=1):
@@ -93,4 +109,4 @@ def flatten(x, start_dim=1):
             or not -ndim <= start_dim < ndim:
         raise ValueError(f"flatten: start_dim must be an integer in [{-ndim}, {ndim - 1}] for an "
                          f"input of shape {tuple(x.shape)}, got {start_dim!r}")
-    return Flatten.apply(x, int(start_dim) % ndim)
+    return FlattenFunction.apply(x, int(start_dim) % ndim)

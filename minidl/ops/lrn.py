@@ -24,30 +24,29 @@ Backward. With g = dL/db and the window mirrored (``i such that j is in window(i
                - 2 * alpha * beta * a[j] * sum_{i : j in window(i)} g[i] * a[i] * s[i]^(-beta-1)
 
 the first term from a[j] in the numerator of b[j], the second from a[j]^2 inside s[i] of
-every output i whose window holds j (ds[i]/da[j] = 2 alpha a[j]). This is SPEC.md's formula;
-for odd sizes the mirrored window is the window itself.
+every output i whose window holds j (ds[i]/da[j] = 2 alpha a[j]). For odd sizes the mirrored
+window is the window itself. ``local_response_norm_simple`` and its backward below compute
+both formulas by plain loops.
 
 Forward saves s (one more array the size of the input) when a gradient will be needed, and
-backward reads it. Recomputing s in backward instead was measured on AlexNet's shapes: about
-8% slower over forward+backward into reused buffers, and no faster when every call allocates
-fresh arrays (page faults then dominate). Reading s also keeps the backward kernels simpler
-and spares each GPU thread size^2 loads.
+backward reads it: recomputing s in backward measured slower on AlexNet's shapes, and reading
+it keeps the backward kernels simpler and spares each GPU thread size^2 loads.
 
-CPU kernels: one pass over memory per direction. A prange task owns one image n and a run of
-pixels; it walks the channels in order, keeping a running window sum per pixel (add the
-channel that enters the window, subtract the one that leaves), so each x row is read from
-memory once and the sums cost O(1) per element whatever the size. The running sums are
-kept in float64 so adding and subtracting does not drift; everything else stays in the
-input's dtype. GPU kernels: one thread per output element, summing its window directly.
+The GPU kernels compute the formulas as written: one thread per output element sums its own
+window. The CPU kernels are a different algorithm with the same result -- running window sums
+-- so that each element is read from memory once and the sums cost O(1) per element whatever
+the size: a prange task owns one image n and a run of pixels and walks the channels in
+order, adding the channel that enters the window and subtracting the one that leaves (in
+float64, so the subtraction does not drift; everything else stays in the input's dtype).
+To read the formula as code, start from ``local_response_norm_simple``.
 """
-
 import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import backend, cuda
-from ..autograd import Function, is_grad_enabled
-from . import _checks
+from .. import backend, cpu, cuda
+from ..tensor import Function, is_grad_enabled
+from . import checks
 
 _kernels = cuda.KernelFile(__file__)
 
@@ -55,13 +54,54 @@ OP = "local_response_norm"
 CONVENTIONS = ("paper", "caffe")
 
 
+# -- simple version: the definition in plain loops ------------------------------------------------
 
-# -- CPU kernels (Numba) ------------------------------------------------------------------------
+def _window(i, size, channels):
+    """Channels in the window of channel i: size//2 before, (size-1)//2 after, clipped."""
+    return range(max(0, i - size // 2), min(channels - 1, i + (size - 1) // 2) + 1)
+
+
+def local_response_norm_simple(x, size, alpha, beta, k):
+    """b[i] = a[i] / (k + alpha * sum over the window of a[j]^2) ** beta, in float64 loops
+    (the paper's convention: pass alpha / size for Caffe's)."""
+    n, c, h, w = x.shape
+    y = np.empty(x.shape)
+    for b in range(n):
+        for i in range(c):
+            for r in range(h):
+                for q in range(w):
+                    s = k + alpha * sum(float(x[b, j, r, q]) ** 2 for j in _window(i, size, c))
+                    y[b, i, r, q] = x[b, i, r, q] / s ** beta
+    return y
+
+
+def local_response_norm_backward_simple(x, grad_y, size, alpha, beta, k):
+    """dL/da[j] = g[j] s[j]^-beta - 2 alpha beta a[j] sum_{i: j in window(i)} g[i] a[i] s[i]^(-beta-1)."""
+    n, c, h, w = x.shape
+    s = np.empty(x.shape)
+    for b in range(n):
+        for i in range(c):
+            for r in range(h):
+                for q in range(w):
+                    s[b, i, r, q] = k + alpha * sum(x[b, j, r, q] ** 2 for j in _window(i, size, c))
+    grad_x = np.empty(x.shape)
+    for b in range(n):
+        for j in range(c):
+            for r in range(h):
+                for q in range(w):
+                    total = sum(grad_y[b, i, r, q] * x[b, i, r, q] * s[b, i, r, q] ** (-beta - 1)
+                                for i in range(c) if j in _window(i, size, c))
+                    grad_x[b, j, r, q] = (grad_y[b, j, r, q] * s[b, j, r, q] ** -beta
+                                          - 2 * alpha * beta * x[b, j, r, q] * total)
+    return grad_x
+
+
+# -- CPU kernels (Numba): running window sums -----------------------------------------------------
 
 @njit(inline="always", cache=True)
 def _power(s, beta, three_quarters):
-    # s^beta. AlexNet's beta = 3/4 is two square roots, several times faster than pow; the
-    # flag is a literal at each call site so each loop is compiled without the test.
+    # s^beta. AlexNet's beta = 3/4 is two square roots, much cheaper than pow; the flag is a
+    # literal at each call site so each loop is compiled without the test.
     if three_quarters:
         return np.sqrt(s * np.sqrt(s))
     return s ** beta
@@ -73,7 +113,7 @@ def _split_pixels(batch, pixels):
     return max(min(pixels, 256), -(-pixels // tasks_per_image), 1)
 
 
-@njit(parallel=True, cache=True)
+@cpu.parallel_kernel
 def _forward_cpu_kernel(x, y, scale, save_scale, before, after, alpha, beta, k, chunk):
     # y[n, c, p] = x[n, c, p] / s^beta, s = k + alpha * sum of x[n, j, p]^2 over
     # j = c - before ... c + after. One prange task owns image n and pixels p0 ... p0 + m, and
@@ -115,7 +155,7 @@ def _forward_cpu_kernel(x, y, scale, save_scale, before, after, alpha, beta, k, 
                     y_row[q] = x_row[q] / _power(s[q], beta, False)
 
 
-@njit(parallel=True, cache=True)
+@cpu.parallel_kernel
 def _backward_cpu_kernel(grad_y, x, scale, grad_x, before, after, beta, two_alpha_beta, chunk):
     # grad_x[j] = g[j] / s[j]^beta - 2 alpha beta x[j] * R[j], R[j] = sum of
     # r[i] = g[i] x[i] / (s[i]^beta s[i]) over i = j - after ... j + before (the mirrored
@@ -162,17 +202,16 @@ def _backward_cpu_kernel(grad_y, x, scale, grad_x, before, after, beta, two_alph
                 out[q] = g_row[q] / power[q] - two_alpha_beta * x_row[q] * total[q]
 
 
-# -- drivers ------------------------------------------------------------------------------------
+# -- drivers: one per device, same signature ------------------------------------------------------
 
 def _forward_cpu(x, before, after, alpha, beta, k, save_scale):
     n, c, h, w = x.shape
     y = np.empty_like(x)
     scale = np.empty_like(x) if save_scale else np.empty((0, 0, 0), x.dtype)
     flat = (n, c, h * w)
-    with backend.cpu_threads_for(x.size):
-        _forward_cpu_kernel(x.reshape(flat), y.reshape(flat),
-                            scale.reshape(flat) if save_scale else scale, save_scale,
-                            before, after, alpha, beta, k, _split_pixels(n, h * w))
+    _forward_cpu_kernel(x.reshape(flat), y.reshape(flat),
+                        scale.reshape(flat) if save_scale else scale, save_scale,
+                        before, after, alpha, beta, k, _split_pixels(n, h * w))
     return y, (scale if save_scale else None)
 
 
@@ -180,10 +219,9 @@ def _backward_cpu(grad_y, x, scale, before, after, beta, two_alpha_beta):
     n, c, h, w = x.shape
     grad_x = np.empty_like(x)
     flat = (n, c, h * w)
-    with backend.cpu_threads_for(x.size):
-        _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
-                             grad_x.reshape(flat), before, after, beta, two_alpha_beta,
-                             _split_pixels(n, h * w))
+    _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
+                         grad_x.reshape(flat), before, after, beta, two_alpha_beta,
+                         _split_pixels(n, h * w))
     return grad_x
 
 
@@ -192,9 +230,8 @@ def _forward_cuda(x, before, after, alpha, beta, k, save_scale):
     n, c, h, w = x.shape
     y = xp.empty_like(x)
     scale = xp.empty_like(x) if save_scale else xp.empty(1, x.dtype)  # unused placeholder
-    _kernels("lrn_forward", x.dtype)(
-        x.size, np.int64(x.size), x, y, scale, np.int32(save_scale), np.int32(c),
-        np.int64(h * w), np.int32(before), np.int32(after), alpha, beta, k)
+    _kernels("lrn_forward", x.dtype)(x.size, x, y, scale, save_scale, c, h * w, before, after,
+                                     alpha, beta, k)
     return y, (scale if save_scale else None)
 
 
@@ -202,22 +239,20 @@ def _backward_cuda(grad_y, x, scale, before, after, beta, two_alpha_beta):
     xp = backend.array_module(x)
     n, c, h, w = x.shape
     grad_x = xp.empty_like(x)
-    _kernels("lrn_backward", x.dtype)(
-        x.size, np.int64(x.size), grad_y, x, scale, grad_x, np.int32(c), np.int64(h * w),
-        np.int32(before), np.int32(after), beta, two_alpha_beta)
+    _kernels("lrn_backward", x.dtype)(x.size, grad_y, x, scale, grad_x, c, h * w, before, after,
+                                      beta, two_alpha_beta)
     return grad_x
 
 
+# -- the Function ---------------------------------------------------------------------------------
+
 class LocalResponseNormFunction(Function):
     def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0, convention="paper"):
-        _checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise ValueError(f"{OP}: size must be a positive integer (channels in the window), "
-                             f"got {size!r}")
+        checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+        size = checks.integer(OP, "size", size, 1)
         if convention not in CONVENTIONS:
             raise ValueError(f"{OP}: convention must be 'paper' (alpha multiplies the sum of "
                              f"squares) or 'caffe' (alpha / size does), got {convention!r}")
-        size = int(size)
         if convention == "caffe":
             alpha = alpha / size
         real = x.dtype.type  # constants in x's dtype, so float32 stays float32
@@ -226,10 +261,8 @@ class LocalResponseNormFunction(Function):
         save_scale = is_grad_enabled() and bool(self.needs_input_grad[0])
         xp = backend.array_module(x)
         x = xp.ascontiguousarray(x)
-        if backend.uses_cuda_kernels(x):
-            y, scale = _forward_cuda(x, *self.window, real(alpha), real(beta), real(k), save_scale)
-        else:
-            y, scale = _forward_cpu(x, *self.window, real(alpha), real(beta), real(k), save_scale)
+        forward = backend.pick(x, cpu=_forward_cpu, cuda=_forward_cuda)
+        y, scale = forward(x, *self.window, real(alpha), real(beta), real(k), save_scale)
         if save_scale:
             self.save_for_backward(x, scale)
         return y
@@ -238,9 +271,8 @@ class LocalResponseNormFunction(Function):
         x, scale = self.saved
         xp = backend.array_module(x)
         grad_y = xp.ascontiguousarray(grad_y, dtype=x.dtype)
-        if backend.uses_cuda_kernels(x):
-            return _backward_cuda(grad_y, x, scale, *self.window, self.beta, self.two_alpha_beta)
-        return _backward_cpu(grad_y, x, scale, *self.window, self.beta, self.two_alpha_beta)
+        backward = backend.pick(x, cpu=_backward_cpu, cuda=_backward_cuda)
+        return backward(grad_y, x, scale, *self.window, self.beta, self.two_alpha_beta)
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=2.0, convention="paper"):

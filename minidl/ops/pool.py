@@ -18,62 +18,74 @@ Padding is implicit -infinity and at most half the kernel, so every window holds
 real input element.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
-from .. import backend, cuda
-from ..autograd import Function
-from . import _checks
+from .. import backend, cpu, cuda
+from ..tensor import Function
+from . import checks
 
 _kernels = cuda.KernelFile(__file__)
 
 OP = "max_pool2d"
 
 
-def _output_size(size, kernel, stride, pad, ceil_mode):
-    span = size + 2 * pad - kernel
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1  # the last window must start inside the input or the left padding
-    return out
+# -- simple version: the definition in plain loops ------------------------------------------------
+
+def max_pool2d_simple(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """The output and, per output, the flat index of its window's first maximum, by plain loops
+    over a NumPy array (N, C, H, W): what the kernels below compute, and what the tests check
+    them against."""
+    kh, kw = checks.int_pair(OP, "kernel_size", kernel_size, 1)
+    sh, sw = (kh, kw) if stride is None else checks.int_pair(OP, "stride", stride, 1)
+    ph, pw = checks.int_pair(OP, "padding", padding, 0)
+    n, c, h, w = x.shape
+
+    def out_size(size, k, s, p):
+        if ceil_mode:
+            out = math.ceil((size + 2 * p - k) / s) + 1
+            if (out - 1) * s >= size + p:  # no window may start in the right padding
+                out -= 1
+            return out
+        return (size + 2 * p - k) // s + 1
+
+    out_h, out_w = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+    argmax = np.empty((n, c, out_h, out_w), dtype=np.int64)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(out_h):
+                for j in range(out_w):
+                    best, best_at = -math.inf, -1
+                    for r in range(i * sh - ph, i * sh - ph + kh):
+                        for q in range(j * sw - pw, j * sw - pw + kw):
+                            if 0 <= r < h and 0 <= q < w and x[b, ch, r, q] > best:
+                                best, best_at = x[b, ch, r, q], r * w + q
+                    y[b, ch, i, j], argmax[b, ch, i, j] = best, best_at
+    return y, argmax
 
 
-def _parse_options(x_shape, kernel_size, stride, padding):
-    """Check the pooling options against the input shape; return them as pairs of ints."""
-    def ints(name, value, low):
-        pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-        if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                     and v >= low for v in pair):
-            what = "positive" if low > 0 else "non-negative"
-            raise ValueError(f"{OP}: {name} must be a {what} int or a pair of {what} ints, "
-                             f"got {value!r}")
-        return int(pair[0]), int(pair[1])
-
-    kernel = ints("kernel_size", kernel_size, 1)
-    stride = kernel if stride is None else ints("stride", stride, 1)
-    pad = ints("padding", padding, 0)
-    for axis, k, p in (("height", kernel[0], pad[0]), ("width", kernel[1], pad[1])):
-        if 2 * p > k:
-            raise ValueError(f"{OP}: padding must be at most half the kernel size, got padding {p} "
-                             f"for a kernel of {k} along the {axis}")
-    h, w = x_shape[2], x_shape[3]
-    if h < 1 or w < 1:
-        raise ValueError(f"{OP}: input planes must be at least 1x1, got {h}x{w}")
-    if kernel[0] > h + 2 * pad[0] or kernel[1] > w + 2 * pad[1]:
-        raise ValueError(f"{OP}: kernel {kernel} is larger than the padded input "
-                         f"({h + 2 * pad[0]}, {w + 2 * pad[1]}) (input {h}x{w}, padding {pad})")
-    if h * w >= 2 ** 31:
-        raise ValueError(f"{OP}: an input plane of {h}x{w} is too large for int32 argmax indices")
-    return kernel, stride, pad
+def max_pool2d_backward_simple(grad_y, argmax, x_shape):
+    """grad_x: each output's gradient added to the input element its argmax names."""
+    grad_x = np.zeros(x_shape, dtype=grad_y.dtype)
+    n, c = x_shape[:2]
+    for b in range(n):
+        for ch in range(c):
+            plane = grad_x[b, ch].reshape(-1)
+            for at, g in zip(argmax[b, ch].reshape(-1), grad_y[b, ch].reshape(-1)):
+                plane[at] += g
+    return grad_x
 
 
-# -- CPU kernels (Numba) ------------------------------------------------------------------------
+# -- CPU kernels (Numba) --------------------------------------------------------------------------
 
 @njit(inline="always", cache=True)
 def _window_max(plane, h_lo, h_hi, w_lo, w_hi, nan_wins):
     # First maximum of plane[h_lo:h_hi, w_lo:w_hi] in scan order (rows, then columns: the
     # strict '>' keeps the earliest). With nan_wins, 'v != v' lets a NaN win as in PyTorch; it
-    # is a separate flag because that extra test makes the loop three times slower, and it is
+    # is a separate flag because that extra test slows the loop down several times, and it is
     # only needed for planes that hold a NaN.
     width = plane.shape[1]
     best = plane[h_lo, w_lo]
@@ -103,7 +115,7 @@ def _pool_plane(plane, y, argmax, kh, kw, sh, sw, ph, pw, nan_wins):
             argmax[i, j] = best_at
 
 
-@njit(parallel=True, cache=True)
+@cpu.parallel_kernel
 def _forward_cpu_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw):
     # y[p, i, j] = max of x[p] over rows i*sh-ph ... +kh, columns j*sw-pw ... +kw, clipped to
     # the input (padding is -inf, and every window holds a real element). One prange
@@ -116,14 +128,14 @@ def _forward_cpu_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw):
             for w in range(width):
                 has_nan |= plane[h, w] != plane[h, w]
         # Literal flags, so that the plane loop is compiled twice, once without the NaN test,
-        # and the choice is made once per plane (not per window: 1.2x faster).
+        # and the choice is made once per plane rather than once per window.
         if has_nan:
             _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, True)
         else:
             _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, False)
 
 
-@njit(parallel=True, cache=True)
+@cpu.parallel_kernel
 def _backward_cpu_kernel(grad_y, argmax, grad_x):
     # grad_x[p, a] = sum of grad_y[p, o] over the outputs o whose argmax is a. One prange
     # iteration owns one plane p, so the scatter has no races, and it adds in ascending o --
@@ -137,26 +149,23 @@ def _backward_cpu_kernel(grad_y, argmax, grad_x):
             grad_x[p, argmax[p, o]] += grad_y[p, o]
 
 
-# -- drivers ------------------------------------------------------------------------------------
+# -- drivers: one per device, same signature ------------------------------------------------------
 
 def _forward_cpu(x, out_h, out_w, kernel, stride, pad):
     n, c, h, w = x.shape
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n, c, out_h, out_w), dtype=np.int32)
-    with backend.cpu_threads_for(x.size):
-        _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
-                            argmax.reshape(n * c, out_h, out_w), kernel[0], kernel[1],
-                            stride[0], stride[1], pad[0], pad[1])
+    _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
+                        argmax.reshape(n * c, out_h, out_w), *kernel, *stride, *pad)
     return y, argmax
 
 
-def _backward_cpu(grad_y, argmax, x_shape):
+def _backward_cpu(grad_y, argmax, x_shape, kernel, stride, pad):
     n, c, h, w = x_shape
     grad_x = np.empty(x_shape, dtype=grad_y.dtype)
     planes, n_out = n * c, grad_y.shape[2] * grad_y.shape[3]
-    with backend.cpu_threads_for(grad_x.size):
-        _backward_cpu_kernel(grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
-                             grad_x.reshape(planes, h * w))
+    _backward_cpu_kernel(grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
+                         grad_x.reshape(planes, h * w))
     return grad_x
 
 
@@ -165,11 +174,8 @@ def _forward_cuda(x, out_h, out_w, kernel, stride, pad):
     n, c, h, w = x.shape
     y = xp.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = xp.empty((n, c, out_h, out_w), dtype=np.int32)
-    total = y.size
-    _kernels("max_pool2d_forward", x.dtype)(
-        total, np.int64(total), x, y, argmax, np.int32(h), np.int32(w), np.int32(out_h),
-        np.int32(out_w), np.int32(kernel[0]), np.int32(kernel[1]), np.int32(stride[0]),
-        np.int32(stride[1]), np.int32(pad[0]), np.int32(pad[1]))
+    _kernels("max_pool2d_forward", x.dtype)(y.size, x, y, argmax, h, w, out_h, out_w,
+                                            *kernel, *stride, *pad)
     return y, argmax
 
 
@@ -178,26 +184,51 @@ def _backward_cuda(grad_y, argmax, x_shape, kernel, stride, pad):
     n, c, h, w = x_shape
     out_h, out_w = grad_y.shape[2], grad_y.shape[3]
     grad_x = xp.empty(x_shape, dtype=grad_y.dtype)
-    total = grad_x.size
-    _kernels("max_pool2d_backward", grad_y.dtype)(
-        total, np.int64(total), grad_y, argmax, grad_x, np.int32(h), np.int32(w),
-        np.int32(out_h), np.int32(out_w), np.int32(kernel[0]), np.int32(kernel[1]),
-        np.int32(stride[0]), np.int32(stride[1]), np.int32(pad[0]), np.int32(pad[1]))
+    _kernels("max_pool2d_backward", grad_y.dtype)(grad_x.size, grad_y, argmax, grad_x, h, w,
+                                                  out_h, out_w, *kernel, *stride, *pad)
     return grad_x
+
+
+# -- the Function ---------------------------------------------------------------------------------
+
+def _output_size(size, kernel, stride, pad, ceil_mode):
+    span = size + 2 * pad - kernel
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1  # the last window must start inside the input or the left padding
+    return out
+
+
+def _parse_options(x_shape, kernel_size, stride, padding):
+    """Check the pooling options against the input shape; return them as pairs of ints."""
+    kernel = checks.int_pair(OP, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else checks.int_pair(OP, "stride", stride, 1)
+    pad = checks.int_pair(OP, "padding", padding, 0)
+    for axis, k, p in (("height", kernel[0], pad[0]), ("width", kernel[1], pad[1])):
+        if 2 * p > k:
+            raise ValueError(f"{OP}: padding must be at most half the kernel size, got padding {p} "
+                             f"for a kernel of {k} along the {axis}")
+    h, w = x_shape[2], x_shape[3]
+    if h < 1 or w < 1:
+        raise ValueError(f"{OP}: input planes must be at least 1x1, got {h}x{w}")
+    if kernel[0] > h + 2 * pad[0] or kernel[1] > w + 2 * pad[1]:
+        raise ValueError(f"{OP}: kernel {kernel} is larger than the padded input "
+                         f"({h + 2 * pad[0]}, {w + 2 * pad[1]}) (input {h}x{w}, padding {pad})")
+    if h * w >= 2 ** 31:
+        raise ValueError(f"{OP}: an input plane of {h}x{w} is too large for int32 argmax indices")
+    return kernel, stride, pad
 
 
 class MaxPool2dFunction(Function):
     def forward(self, x, kernel_size=2, stride=None, padding=0, ceil_mode=False):
-        _checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+        checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
         kernel, stride, pad = _parse_options(x.shape, kernel_size, stride, padding)
         out_h = _output_size(x.shape[2], kernel[0], stride[0], pad[0], ceil_mode)
         out_w = _output_size(x.shape[3], kernel[1], stride[1], pad[1], ceil_mode)
         xp = backend.array_module(x)
         x = xp.ascontiguousarray(x)
-        if backend.uses_cuda_kernels(x):
-            y, argmax = _forward_cuda(x, out_h, out_w, kernel, stride, pad)
-        else:
-            y, argmax = _forward_cpu(x, out_h, out_w, kernel, stride, pad)
+        forward = backend.pick(x, cpu=_forward_cpu, cuda=_forward_cuda)
+        y, argmax = forward(x, out_h, out_w, kernel, stride, pad)
         self.x_shape, self.dtype = x.shape, x.dtype
         self.options = (kernel, stride, pad)
         self.save_for_backward(argmax)
@@ -207,9 +238,8 @@ class MaxPool2dFunction(Function):
         (argmax,) = self.saved
         xp = backend.array_module(argmax)
         grad_y = xp.ascontiguousarray(grad_y, dtype=self.dtype)
-        if backend.uses_cuda_kernels(grad_y):
-            return _backward_cuda(grad_y, argmax, self.x_shape, *self.options)
-        return _backward_cpu(grad_y, argmax, self.x_shape)
+        backward = backend.pick(grad_y, cpu=_backward_cpu, cuda=_backward_cuda)
+        return backward(grad_y, argmax, self.x_shape, *self.options)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):

@@ -30,17 +30,21 @@ Every constant is 0, +-1 or +-1/2, so the float32 rounding error stays at the le
 outputs past an odd OH or OW are computed on zero padding and dropped.
 
 The filter transforms are two small matrix products (kron(G, G) is 16 x 9). The CPU runs the
-tile transforms as the Numba loops below, the GPU as the CUDA kernels in ``winograd.cu``; the
-GEMMs are ``xp.matmul`` on both. ``conv2d`` picks this algorithm for 3x3, stride-1
-convolutions (``algorithm="auto"``); see ``conv.py`` for the im2col one and the workspace
-shared by both.
+tile transforms as the Numba loops below (``CPU_STEPS``), the GPU as the CUDA kernels in
+``winograd.cu`` (``CUDA_STEPS``); the chunk loop and the GEMMs are the same code on ``xp``.
+``conv2d`` (``conv.py``) picks this algorithm for 3x3, stride-1 convolutions
+(``algorithm="auto"``); its ``conv2d_simple`` is the definition both algorithms are tested
+against. Chunks and kept arrays follow ``workspace.py``'s policy, as for im2col.
 """
-import numpy as np
-from numba import njit, prange
+from types import SimpleNamespace
 
-from .. import backend, cuda
-from ..autograd import Function, is_grad_enabled
-from . import conv
+import numpy as np
+from numba import prange
+
+from .. import backend, cpu, cuda
+from ..tensor import Function, is_grad_enabled
+from . import workspace
+from .conv_geometry import OP, Geometry, check_inputs
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -51,12 +55,12 @@ G_KRON = np.kron(G, G)  # (16, 9)
 _kernels = cuda.KernelFile(__file__)
 
 
-# --------------------------------------------------------------------------------------------
-# Numba kernels (CPU). Each works a plane (one image, one channel) at a time, one row of
-# tiles at a time, with loops over the tiles of the row that LLVM vectorises.
-# --------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True)
-def _input_transform_cpu(x, v, pad_h, pad_w, tiles_h, tiles_w):
+# -- CPU kernels (Numba) --------------------------------------------------------------------------
+# Each works a plane (one image, one channel) at a time, one row of tiles at a time, with loops
+# over the tiles of the row that LLVM vectorises.
+
+@cpu.parallel_kernel
+def _input_transform_cpu_kernel(x, v, pad_h, pad_w, tiles_h, tiles_w):
     # v[(i, j), c, (b, th, tw)] = (B^T d B)[i, j], d = the 4x4 input tile at rows
     # 2*th - pad_h .. +3 and columns 2*tw - pad_w .. +3 (0 outside x).
     # One iteration owns the plane x[b, c]: it copies it into a zero-padded scratch plane (so
@@ -64,7 +68,7 @@ def _input_transform_cpu(x, v, pad_h, pad_w, tiles_h, tiles_w):
     # rows by B^T (t = B^T d, whole rows at once) and each tile's 4 columns of t by B.
     batch, channels, height, width = x.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(channels * batch):  # channel-major: see conv._col2im_cpu
+    for plane in prange(channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         padded = np.zeros((2 * tiles_h + 2, 2 * tiles_w + 2), x.dtype)
@@ -92,8 +96,8 @@ def _input_transform_cpu(x, v, pad_h, pad_w, tiles_h, tiles_w):
                     v3[tw] = row[s + 1] - row[s + 3]
 
 
-@njit(parallel=True, cache=True)
-def _output_transform_cpu(m, bias, has_bias, relu, y, tiles_h, tiles_w):
+@cpu.parallel_kernel
+def _output_transform_cpu_kernel(m, bias, has_bias, relu, y, tiles_h, tiles_w):
     # y[b, o, 2*th + a, 2*tw + q] = (A^T e A)[a, q] + bias[o] (then max(., 0) if relu), with
     # e[i, j] = m[(i, j), o, (b, th, tw)]; outputs past OH or OW are dropped.
     # One iteration owns the plane y[b, o]; per row of tiles it combines the 16 rows of m
@@ -101,7 +105,7 @@ def _output_transform_cpu(m, bias, has_bias, relu, y, tiles_h, tiles_w):
     batch, out_channels, out_h, out_w = y.shape
     n_tiles = tiles_h * tiles_w
     zero = y.dtype.type(0)
-    for plane in prange(out_channels * batch):  # channel-major: see conv._col2im_cpu
+    for plane in prange(out_channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         strip = np.empty((2, 2 * tiles_w), y.dtype)
@@ -133,8 +137,8 @@ def _output_transform_cpu(m, bias, has_bias, relu, y, tiles_h, tiles_w):
                     target[w] = value
 
 
-@njit(parallel=True, cache=True)
-def _output_adjoint_cpu(grad, y, relu, dm, tiles_h, tiles_w):
+@cpu.parallel_kernel
+def _output_adjoint_cpu_kernel(grad, y, relu, dm, tiles_h, tiles_w):
     # dm[(i, j), o, (b, th, tw)] = (A g A^T)[i, j], g = grad's 2x2 tile at (2*th, 2*tw) (0 past
     # OH or OW; times y > 0 if the ReLU was fused), A = [1 0; 1 1; 1 -1; 0 -1].
     # One iteration owns the plane grad[b, o]; per row of tiles it reads the 2 gradient rows
@@ -142,7 +146,7 @@ def _output_adjoint_cpu(grad, y, relu, dm, tiles_h, tiles_w):
     batch, out_channels, out_h, out_w = grad.shape
     n_tiles = tiles_h * tiles_w
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for plane in prange(out_channels * batch):  # channel-major: see conv._col2im_cpu
+    for plane in prange(out_channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         strip = np.zeros((2, 2 * tiles_w), grad.dtype)
@@ -181,8 +185,8 @@ def _output_adjoint_cpu(grad, y, relu, dm, tiles_h, tiles_w):
                     dm3[tw] = -p1
 
 
-@njit(parallel=True, cache=True)
-def _input_adjoint_cpu(dv, dx, pad_h, pad_w, tiles_h, tiles_w):
+@cpu.parallel_kernel
+def _input_adjoint_cpu_kernel(dv, dx, pad_h, pad_w, tiles_h, tiles_w):
     # dx[b, c] = the interior of the sum, over tiles (th, tw), of B e B^T placed at rows
     # 2*th - pad_h .. +3 and columns 2*tw - pad_w .. +3, with e[i, j] = dv[(i, j), c, (b, th, tw)]
     # and B = [1 0 0 0; 0 1 -1 1; -1 1 1 0; 0 0 0 -1].
@@ -193,7 +197,7 @@ def _input_adjoint_cpu(dv, dx, pad_h, pad_w, tiles_h, tiles_w):
     # (The CUDA kernel gathers per pixel instead; the sums agree up to rounding order.)
     batch, channels, height, width = dx.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(channels * batch):  # channel-major: see conv._col2im_cpu
+    for plane in prange(channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         padded = np.zeros((2 * tiles_h + 2, 2 * tiles_w + 2), dx.dtype)
@@ -223,124 +227,118 @@ def _input_adjoint_cpu(dv, dx, pad_h, pad_w, tiles_h, tiles_w):
         dx[b, c] = padded[pad_h:pad_h + height, pad_w:pad_w + width]
 
 
-# --------------------------------------------------------------------------------------------
-# The transforms, on the CPU (Numba) or through the CUDA kernels
-# --------------------------------------------------------------------------------------------
+# -- the steps, one set per device, same signatures -----------------------------------------------
+
 class _Tiling:
     """Sizes of one Winograd convolution: the conv geometry plus its tiles of 2x2 outputs."""
 
     def __init__(self, x_shape, w_shape, padding, groups):
-        self.geo = conv._Geometry(x_shape, w_shape, (1, 1), padding, groups)
+        self.geo = Geometry(x_shape, w_shape, (1, 1), padding, groups)
         self.tiles_h = (self.geo.out_h + 1) // 2
         self.tiles_w = (self.geo.out_w + 1) // 2
         self.tiles = self.tiles_h * self.tiles_w  # per image
 
-    def chunk_size(self, itemsize):
-        """Images per chunk: V and M of a chunk each fit in conv.WORKSPACE_BYTES (or 1 image),
-        in chunks of near-equal size. (Chunks small enough for V and M to stay in the last-level
-        cache between transform and GEMM measured slower: 8 MiB chunks took 1.05-1.6x as long
-        as 256 MiB ones on AlexNet's and EuroNet's 3x3 layers, 2 cores.)"""
-        geo = self.geo
-        per_image = 16 * max(geo.channels, geo.out_channels) * self.tiles * itemsize
-        largest = max(1, min(geo.batch, conv.WORKSPACE_BYTES // max(1, per_image)))
-        n_chunks = max(1, -(-geo.batch // largest))
-        return max(1, -(-geo.batch // n_chunks))
-
-    def tile_args(self):
-        return np.int32(self.tiles_h), np.int32(self.tiles_w)
+    def bytes_per_image(self, itemsize):
+        """Workspace bytes per image: its V or its M, whichever is larger (chunks small
+        enough to stay in the last-level cache measured slower, so they are not sought)."""
+        return 16 * max(self.geo.channels, self.geo.out_channels) * self.tiles * itemsize
 
 
-def _input_transform(x, v, tiling, on_cuda):
-    pad_h, pad_w = tiling.geo.pad_h, tiling.geo.pad_w
-    if on_cuda:
-        batch, channels, height, width = x.shape
-        _kernels("winograd_input_transform", x.dtype)(
-            channels * batch * tiling.tiles, x, v, np.int64(batch), np.int32(channels),
-            np.int32(height), np.int32(width), np.int32(pad_h), np.int32(pad_w),
-            *tiling.tile_args())
-    else:
-        _input_transform_cpu(x, v, pad_h, pad_w, tiling.tiles_h, tiling.tiles_w)
+def _input_transform_cpu(x, v, tiling):
+    _input_transform_cpu_kernel(x, v, tiling.geo.pad_h, tiling.geo.pad_w, tiling.tiles_h,
+                                tiling.tiles_w)
 
 
-def _output_transform(m, bias, relu, y, tiling, on_cuda):
-    if on_cuda:
-        batch, out_channels, out_h, out_w = y.shape
-        has_bias = bias is not None
-        _kernels("winograd_output_transform", y.dtype)(
-            out_channels * batch * tiling.tiles, m, bias if has_bias else y, y,
-            np.int64(batch), np.int32(out_channels), np.int32(out_h), np.int32(out_w),
-            *tiling.tile_args(), np.int32(has_bias), np.int32(relu))
-    else:
-        has_bias = bias is not None
-        _output_transform_cpu(m, bias if has_bias else np.empty(0, y.dtype), has_bias, relu, y,
-                              tiling.tiles_h, tiling.tiles_w)
+def _output_transform_cpu(m, bias, relu, y, tiling):
+    has_bias = bias is not None
+    _output_transform_cpu_kernel(m, bias if has_bias else np.empty(0, y.dtype), has_bias, relu,
+                                 y, tiling.tiles_h, tiling.tiles_w)
 
 
-def _output_adjoint(grad, y, relu, dm, tiling, on_cuda):
-    if on_cuda:
-        batch, out_channels, out_h, out_w = grad.shape
-        _kernels("winograd_output_adjoint", grad.dtype)(
-            out_channels * batch * tiling.tiles, grad, grad if y is None else y, dm,
-            np.int64(batch), np.int32(out_channels), np.int32(out_h), np.int32(out_w),
-            *tiling.tile_args(), np.int32(relu))
-    else:
-        _output_adjoint_cpu(grad, grad if y is None else y, relu, dm, tiling.tiles_h,
-                            tiling.tiles_w)
+def _output_adjoint_cpu(grad, y, relu, dm, tiling):
+    _output_adjoint_cpu_kernel(grad, grad if y is None else y, relu, dm, tiling.tiles_h,
+                               tiling.tiles_w)
 
 
-def _input_adjoint(dv, dx, tiling, on_cuda):
-    pad_h, pad_w = tiling.geo.pad_h, tiling.geo.pad_w
-    if on_cuda:
-        batch, channels, height, width = dx.shape
-        _kernels("winograd_input_adjoint", dx.dtype)(
-            dx.size, dv, dx, np.int64(batch), np.int32(channels), np.int32(height),
-            np.int32(width), np.int32(pad_h), np.int32(pad_w), *tiling.tile_args())
-    else:
-        _input_adjoint_cpu(dv, dx, pad_h, pad_w, tiling.tiles_h, tiling.tiles_w)
+def _input_adjoint_cpu(dv, dx, tiling):
+    _input_adjoint_cpu_kernel(dv, dx, tiling.geo.pad_h, tiling.geo.pad_w, tiling.tiles_h,
+                              tiling.tiles_w)
 
+
+def _input_transform_cuda(x, v, tiling):
+    batch, channels, height, width = x.shape
+    _kernels("winograd_input_transform", x.dtype)(
+        channels * batch * tiling.tiles, x, v, batch, channels, height, width,
+        tiling.geo.pad_h, tiling.geo.pad_w, tiling.tiles_h, tiling.tiles_w)
+
+
+def _output_transform_cuda(m, bias, relu, y, tiling):
+    batch, out_channels, out_h, out_w = y.shape
+    _kernels("winograd_output_transform", y.dtype)(
+        out_channels * batch * tiling.tiles, m, y if bias is None else bias, y, batch,
+        out_channels, out_h, out_w, tiling.tiles_h, tiling.tiles_w, bias is not None, relu)
+
+
+def _output_adjoint_cuda(grad, y, relu, dm, tiling):
+    batch, out_channels, out_h, out_w = grad.shape
+    _kernels("winograd_output_adjoint", grad.dtype)(
+        out_channels * batch * tiling.tiles, grad, grad if y is None else y, dm, batch,
+        out_channels, out_h, out_w, tiling.tiles_h, tiling.tiles_w, relu)
+
+
+def _input_adjoint_cuda(dv, dx, tiling):
+    batch, channels, height, width = dx.shape
+    _kernels("winograd_input_adjoint", dx.dtype)(
+        dx.size, dv, dx, batch, channels, height, width, tiling.geo.pad_h, tiling.geo.pad_w,
+        tiling.tiles_h, tiling.tiles_w)
+
+
+CPU_STEPS = SimpleNamespace(input_transform=_input_transform_cpu,
+                            output_transform=_output_transform_cpu,
+                            output_adjoint=_output_adjoint_cpu, input_adjoint=_input_adjoint_cpu)
+CUDA_STEPS = SimpleNamespace(input_transform=_input_transform_cuda,
+                             output_transform=_output_transform_cuda,
+                             output_adjoint=_output_adjoint_cuda, input_adjoint=_input_adjoint_cuda)
+
+
+# -- the Function ---------------------------------------------------------------------------------
 
 def supports(weight_shape, stride):
     """Whether F(2x2, 3x3) applies: a 3x3 kernel at stride 1 (any padding and groups)."""
     return tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
 
 
-# --------------------------------------------------------------------------------------------
-# Forward and backward
-# --------------------------------------------------------------------------------------------
 class WinogradConv2dFunction(Function):
-    """conv2d for 3x3 kernels at stride 1, same arguments and results as Conv2dFunction."""
+    """conv2d for 3x3 kernels at stride 1, same arguments and results as Im2colConv2dFunction."""
 
     def forward(self, x, weight, bias, stride, padding, groups, relu=False):
-        conv._check_inputs(x, weight, bias, stride, padding, groups)
+        check_inputs(x, weight, bias, stride, padding, groups)
         if not supports(weight.shape, stride):
-            raise ValueError(f"{conv.OP}: algorithm='winograd' needs a 3x3 kernel at stride 1, "
+            raise ValueError(f"{OP}: algorithm='winograd' needs a 3x3 kernel at stride 1, "
                              f"got kernel {tuple(weight.shape[2:])} and stride {tuple(stride)}; "
                              f"use algorithm='im2col' (or 'auto')")
         xp = backend.array_module(x)
         x = xp.ascontiguousarray(x)
         tiling = _Tiling(x.shape, weight.shape, padding, groups)
         geo, n_cols = tiling.geo, tiling.tiles
-        on_cuda = backend.uses_cuda_kernels(x)
-        self.tiling, self.on_cuda, self.relu = tiling, on_cuda, relu
+        steps = backend.pick(x, cpu=CPU_STEPS, cuda=CUDA_STEPS)
+        self.tiling, self.steps, self.relu = tiling, steps, relu
         # U (16, O, C_g): the transformed filters, one (O, C_g) matrix per tile entry.
         u = self._filter_transform(xp, weight)
         y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
-        chunk = tiling.chunk_size(x.dtype.itemsize)
-        # V of the whole batch, kept for dW within conv's budget for kept columns: a flat
-        # array holding each chunk's (16, C, chunk*T) block in turn, so every chunk's V is
-        # contiguous.
+        # V of the whole batch, kept for dW within the workspace's budget: a flat array holding
+        # each chunk's (16, C, chunk*T) block in turn, so every chunk's V is contiguous.
         kept = None
         if is_grad_enabled() and self.needs_input_grad[1]:
-            kept = conv._kept_columns(xp, (16 * geo.channels * geo.batch * n_cols,), x.dtype)
+            kept = workspace.keep(xp, (16 * geo.channels * geo.batch * n_cols,), x.dtype)
         self.save_for_backward(x, u, kept, y if relu else None)
-        for start in range(0, geo.batch, chunk):
-            b = min(chunk, geo.batch - start)
-            v = self._kept_chunk(kept, start, b) if kept is not None else conv._buffer(
+        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize)):
+            v = self._kept_chunk(kept, start, b) if kept is not None else workspace.buffer(
                 xp, "cols", (16, geo.channels, b * n_cols), x.dtype)
-            _input_transform(x[start:start + b], v, tiling, on_cuda)
-            m = conv._buffer(xp, "rows_by_pixels", (16, geo.out_channels, b * n_cols), x.dtype)
+            steps.input_transform(x[start:start + b], v, tiling)
+            m = workspace.buffer(xp, "rows_by_pixels", (16, geo.out_channels, b * n_cols), x.dtype)
             self._products(xp, u, v, m)
-            _output_transform(m, bias, relu, y[start:start + b], tiling, on_cuda)
+            steps.output_transform(m, bias, relu, y[start:start + b], tiling)
         return y
 
     def _kept_chunk(self, kept, start, images):
@@ -359,7 +357,7 @@ class WinogradConv2dFunction(Function):
     def _products(self, xp, u, v, m):
         """m[f, group rows] = u[f, group rows] @ v[f, group channels], for the 16 f and each group."""
         geo = self.tiling.geo
-        og, cg = geo.out_per_group, geo.channels // geo.groups
+        og, cg = geo.out_per_group, geo.channels_per_group
         for f in range(16):
             for g in range(geo.groups):
                 xp.matmul(u[f, g * og:(g + 1) * og], v[f, g * cg:(g + 1) * cg],
@@ -367,41 +365,33 @@ class WinogradConv2dFunction(Function):
 
     def backward(self, grad_output):
         x, u, kept, y = self.saved
-        tiling, on_cuda = self.tiling, self.on_cuda
+        tiling, steps = self.tiling, self.steps
         geo, n_cols = tiling.geo, tiling.tiles
         xp = backend.array_module(x)
         need_x, need_w, need_b = self.needs_input_grad[:3]
         if not (need_x or need_w or need_b):
             return None, None, None, None, None, None, None
         grad_output = xp.ascontiguousarray(grad_output, dtype=x.dtype)
-        og, cg = geo.out_per_group, geo.channels // geo.groups
+        og, cg = geo.out_per_group, geo.channels_per_group
 
         grad_x = xp.empty_like(x) if need_x else None
         # dU is computed transposed, dU^T[f] = V[f] @ dM[f]^T (C_g, O_g) per group: with the
         # long tile axis as the inner dimension, the orientation OpenBLAS runs fastest (as
-        # conv.py's dW).
+        # im2col's dW). zeros, not empty: an empty batch runs no chunk.
         grad_ut = xp.zeros((16, geo.groups, cg, og), dtype=x.dtype) if need_w else None
         grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
 
-        chunk = tiling.chunk_size(x.dtype.itemsize)
-        for start in range(0, geo.batch, chunk):
-            b = min(chunk, geo.batch - start)
-            dm = conv._buffer(xp, "rows_by_pixels", (16, geo.out_channels, b * n_cols), x.dtype)
-            _output_adjoint(grad_output[start:start + b], None if y is None else y[start:start + b],
-                            self.relu, dm, tiling, on_cuda)
+        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize)):
+            dm = workspace.buffer(xp, "rows_by_pixels", (16, geo.out_channels, b * n_cols), x.dtype)
+            steps.output_adjoint(grad_output[start:start + b],
+                                 None if y is None else y[start:start + b], self.relu, dm, tiling)
             if need_b:
                 # The tiles cover the output once (zeros past its edge), and the entry (1, 1)
                 # of A g A^T is the sum of g's four values: its row sums are the bias gradient.
                 grad_b += dm[5].sum(axis=1)
             if not (need_x or need_w):
                 continue
-            if kept is not None:
-                v = self._kept_chunk(kept, start, b)
-                dv = conv._buffer(xp, "cols", (16, geo.channels, b * n_cols), x.dtype)
-            else:
-                v = dv = conv._buffer(xp, "cols", (16, geo.channels, b * n_cols), x.dtype)
-                if need_w:
-                    _input_transform(x[start:start + b], v, tiling, on_cuda)
+            v, dv = self._transformed_input(x, kept, start, b, need_w)
             for f in range(16):
                 for g in range(geo.groups):
                     dm_fg = dm[f, g * og:(g + 1) * og]
@@ -415,7 +405,7 @@ class WinogradConv2dFunction(Function):
                         # v_fg has given all it had to dU: dv may overwrite it.
                         xp.matmul(u[f, g * og:(g + 1) * og].T, dm_fg, out=dv[f, g * cg:(g + 1) * cg])
             if need_x:
-                _input_adjoint(dv, grad_x[start:start + b], tiling, on_cuda)
+                steps.input_adjoint(dv, grad_x[start:start + b], tiling)
 
         grad_w = None
         if need_w:
@@ -424,3 +414,16 @@ class WinogradConv2dFunction(Function):
             grad_w = xp.matmul(grad_u.T, xp.asarray(G_KRON, dtype=x.dtype))
             grad_w = grad_w.reshape(geo.out_channels, cg, 3, 3)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+    def _transformed_input(self, x, kept, start, images, need_w):
+        """(V, dV) for the chunk of ``images`` at ``start``: forward's kept V and a workspace for
+        dV (so kept stays intact for a second backward), or V recomputed into the workspace,
+        which dV then overwrites group by group."""
+        xp, tiling = backend.array_module(x), self.tiling
+        shape = (16, tiling.geo.channels, images * tiling.tiles)
+        if kept is not None:
+            return self._kept_chunk(kept, start, images), workspace.buffer(xp, "cols", shape, x.dtype)
+        v = workspace.buffer(xp, "cols", shape, x.dtype)
+        if need_w:
+            self.steps.input_transform(x[start:start + images], v, tiling)
+        return v, v

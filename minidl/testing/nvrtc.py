@@ -97,8 +97,8 @@ def compile_source(source, name="kernel.cu", options=()):
 
 
 def compile_file(cu_path, dtype, arch=DEFAULT_ARCH):
-    """Compile one of minidl's ``.cu`` files exactly as ``minidl.cuda.KernelFile`` does."""
-    with open(cu_path) as f:
-        source = f.read()
+    """Compile one of minidl's ``.cu`` files exactly as ``minidl.cuda.KernelFile`` does:
+    ``common.cuh`` pasted in, with the same options."""
+    source = _cuda.expand_source(cu_path)
     options = (f"--gpu-architecture={arch}",) + _cuda.compile_options(np.dtype(dtype))
     return compile_source(source, os.path.basename(cu_path), options)

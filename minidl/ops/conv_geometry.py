@@ -1,0 +1,72 @@
+"""The sizes of one 2-D convolution and the checks of its inputs, shared by both algorithms
+(``im2col.py`` and ``winograd.py``) and by the dispatcher ``conv.py``."""
+from . import checks, workspace
+
+OP = "conv2d"
+
+
+class Geometry:
+    """Sizes of one convolution, derived once from the input and weight shapes."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, groups):
+        self.batch, self.channels, self.height, self.width = x_shape
+        self.out_channels, _, self.kernel_h, self.kernel_w = w_shape
+        self.stride_h, self.stride_w = stride
+        self.pad_h, self.pad_w = padding
+        self.groups = groups
+        self.out_h = (self.height + 2 * self.pad_h - self.kernel_h) // self.stride_h + 1
+        self.out_w = (self.width + 2 * self.pad_w - self.kernel_w) // self.stride_w + 1
+        self.pixels = self.out_h * self.out_w  # output pixels per image
+        self.rows = self.channels * self.kernel_h * self.kernel_w  # im2col rows, all groups
+        self.rows_per_group = self.rows // groups
+        self.channels_per_group = self.channels // groups
+        self.out_per_group = self.out_channels // groups
+
+    def kernel_args(self):
+        """The window arguments every im2col-style kernel takes, in their C order."""
+        return (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
+                self.pad_h, self.pad_w, self.out_h, self.out_w)
+
+    def chunk_size(self, bytes_per_image):
+        """Images per chunk: a chunk's buffers of ``bytes_per_image`` each fit in
+        ``workspace.WORKSPACE_BYTES`` (or it is 1 image), and the chunks are of near-equal size
+        (32 images in chunks of 30 then 2 would waste the second chunk's products)."""
+        largest = max(1, min(self.batch, workspace.WORKSPACE_BYTES // max(1, bytes_per_image)))
+        n_chunks = max(1, -(-self.batch // largest))
+        return max(1, -(-self.batch // n_chunks))
+
+    def chunks(self, bytes_per_image):
+        """(first image, images) of each chunk of the batch, in order."""
+        size = self.chunk_size(bytes_per_image)
+        return [(start, min(size, self.batch - start)) for start in range(0, self.batch, size)]
+
+
+def check_inputs(x, weight, bias, stride, padding, groups):
+    """The arrays of one conv2d call against each other and against its options."""
+    checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+    checks.float_array(OP, "weight", weight, ndim=4,
+                       layout="out_channels, in_channels // groups, kH, kW")
+    if bias is not None:
+        checks.float_array(OP, "bias", bias)
+    checks.same_dtype(OP, input=x, weight=weight, bias=bias)
+    out_channels, channels_per_group, kernel_h, kernel_w = weight.shape
+    channels = x.shape[1]
+    if out_channels % groups:
+        raise ValueError(f"{OP}: groups={groups} must divide the out channels, but weight has "
+                         f"{out_channels} (weight shape {tuple(weight.shape)})")
+    if channels % groups:
+        raise ValueError(f"{OP}: groups={groups} must divide the input channels, but input has "
+                         f"{channels} (input shape {tuple(x.shape)})")
+    if channels != channels_per_group * groups:
+        raise ValueError(
+            f"{OP}: input has {channels} channels (shape {tuple(x.shape)}) but weight "
+            f"{tuple(weight.shape)} with groups={groups} expects weight.shape[1] * groups = "
+            f"{channels_per_group * groups}")
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"{OP}: bias must have shape ({out_channels},), one value per output "
+                         f"channel, got shape {tuple(bias.shape)}")
+    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    if kernel_h > padded[0] or kernel_w > padded[1]:
+        raise ValueError(f"{OP}: kernel {kernel_h}x{kernel_w} is larger than the padded input "
+                         f"{padded[0]}x{padded[1]} (input {x.shape[2]}x{x.shape[3]}, "
+                         f"padding {padding}); expected a kernel no larger than the padded input")

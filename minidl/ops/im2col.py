@@ -1,0 +1,334 @@
+"""2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``) by im2col + GEMM.
+
+For a chunk of B images, ``im2col`` copies every input patch into one column of a matrix
+
+    cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 in the padding)
+
+so that the convolution of group g becomes one large matrix product,
+
+    y_g (O_g, B*OH*OW) = W_g (O_g, C_g*kH*kW) @ cols_g (C_g*kH*kW, B*OH*OW),
+
+done by the BLAS (``xp.matmul``: OpenBLAS on the CPU, cuBLAS on the GPU). Backward reuses the
+same pieces: with dY_g the gradient in the same (O_g, B*OH*OW) layout,
+
+    dW_g += dY_g @ cols_g^T          dcols_g = W_g^T @ dY_g          dx = col2im(dcols)
+
+where ``col2im`` is the adjoint of im2col, written as a gather: every input pixel sums the
+column entries it was copied into, so no two threads write one element (no atomics) and the
+result is deterministic. The bias gradient is dY summed over N, OH and OW. ``conv.py`` holds
+the same convolution as plain loops (``conv2d_simple``).
+
+Memory: the columns of a whole AlexNet batch take gigabytes (128 x 3 x 227 x 227 input ->
+363 x 387,200 floats), so the batch is processed in chunks whose columns fit in the
+workspace (``workspace.py``), in buffers reused from call to call. When the whole batch is one
+chunk, forward keeps its columns for backward (``workspace.keep``); otherwise backward
+recomputes them chunk by chunk (one more im2col, cheaper than the two GEMMs it feeds). dW is
+computed as its transpose, cols @ dY^T, the orientation OpenBLAS runs fastest when the long
+pixel axis is the inner dimension.
+
+The two devices differ only in their steps -- im2col, col2im, and the layout changes between
+the GEMM's (O, B*P) and the output's (B, O, P) -- which are Numba loops below on the CPU
+(``CPU_STEPS``) and the CUDA kernels in ``im2col.cu`` plus CuPy on the GPU (``CUDA_STEPS``);
+the chunk loop and the products are the same code on ``xp``.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+from numba import njit, prange
+
+from .. import backend, cpu, cuda
+from ..tensor import Function, is_grad_enabled
+from . import workspace
+from .conv_geometry import Geometry, check_inputs
+
+_kernels = cuda.KernelFile(__file__)
+
+
+# -- CPU kernels (Numba) --------------------------------------------------------------------------
+
+@njit(cache=True)
+def _valid_outputs(k, pad, stride, size, out_size):
+    """The outputs o in [lo, hi) whose tap k reads inside the input: 0 <= o*stride + k - pad < size."""
+    lo = 0
+    if pad - k > 0:
+        lo = (pad - k + stride - 1) // stride
+    last = size - 1 + pad - k  # o*stride <= last
+    hi = last // stride + 1 if last >= 0 else 0
+    hi = min(hi, out_size)
+    lo = min(lo, out_size)
+    return lo, max(lo, hi)
+
+
+@cpu.parallel_kernel
+def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h,
+                       out_w):
+    # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW], 0 in the padding.
+    # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
+    # writes are sequential and the iterations never touch the same memory. The copies are
+    # slices, which beat an element loop.
+    batch, channels, height, width = x.shape
+    taps = kernel_h * kernel_w
+    for row in prange(channels * taps):
+        c = row // taps
+        ki = (row // kernel_w) % kernel_h
+        kj = row % kernel_w
+        lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)  # ow inside the input
+        w_first = lo * stride_w + kj - pad_w
+        w_stop = w_first + (hi - lo - 1) * stride_w + 1
+        for b in range(batch):
+            for oh in range(out_h):
+                start = (b * out_h + oh) * out_w
+                h = oh * stride_h + ki - pad_h
+                if h < 0 or h >= height or hi == lo:
+                    cols[row, start:start + out_w] = 0
+                    continue
+                cols[row, start:start + lo] = 0
+                cols[row, start + lo:start + hi] = x[b, c, h, w_first:w_stop:stride_w]
+                cols[row, start + hi:start + out_w] = 0
+
+
+@cpu.parallel_kernel
+def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h,
+                       out_w):
+    # dx[b, c, h, w] = sum of cols[(c, ki, kj), (b, oh, ow)] over the taps with
+    # oh*sH + ki - pH = h and ow*sW + kj - pW = w: the adjoint of im2col, as a gather.
+    # One iteration owns one plane dx[b, c] (which stays in L1 cache) and is the only writer
+    # of its pixels, so there are no races; each pixel adds its taps in (ki, kj) order, as the
+    # CUDA col2im does, so the two give the same sums.
+    # The inner loops run over 1-D row views, with a separate unit-stride loop (the common
+    # case) that LLVM vectorises.
+    batch, channels, height, width = dx.shape
+    # The planes are numbered channel-major, (c, b), so that a thread's consecutive iterations
+    # read consecutive stretches of the same rows of cols (the other kernels here and in
+    # winograd.py that read or write one plane's stretch of a (rows, B*pixels) matrix do the
+    # same).
+    for plane in prange(channels * batch):
+        c = plane // batch
+        b = plane % batch
+        dx_plane = dx[b, c]
+        dx_plane[:, :] = 0
+        for ki in range(kernel_h):
+            for kj in range(kernel_w):
+                row = (c * kernel_h + ki) * kernel_w + kj
+                lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
+                shift = kj - pad_w
+                for oh in range(out_h):
+                    h = oh * stride_h + ki - pad_h
+                    if h < 0 or h >= height:
+                        continue
+                    start = (b * out_h + oh) * out_w
+                    source = cols[row, start:start + out_w]
+                    target = dx_plane[h]
+                    if stride_w == 1:
+                        for ow in range(lo, hi):
+                            target[ow + shift] += source[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            target[ow * stride_w + shift] += source[ow]
+
+
+@cpu.parallel_kernel
+def _to_output_cpu_kernel(product, bias, has_bias, relu, y):
+    # y[b, o, p] = product[o, b*P + p] + bias[o], then max(., 0) if relu (NaN stays NaN, as
+    # in np.maximum): the GEMM's (O, B*P) layout turned into (B, O, P) in one pass, bias and
+    # ReLU included. One iteration owns one row y[b, o] and reads one run of product.
+    batch, out_channels, pixels = y.shape
+    zero = y.dtype.type(0)
+    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu_kernel
+        o = row // batch
+        b = row % batch
+        source = product[o, b * pixels:(b + 1) * pixels]
+        target = y[b, o]
+        for p in range(pixels):
+            v = source[p]
+            if has_bias:
+                v = v + bias[o]
+            if relu and v < zero:
+                v = zero
+            target[p] = v
+
+
+@cpu.parallel_kernel
+def _to_product_cpu_kernel(grad, y, relu, dy):
+    # dy[o, b*P + p] = grad[b, o, p], times (y[b, o, p] > 0) if the ReLU was fused (the same
+    # product as relu's backward, so a non-finite gradient at an inactive unit gives NaN
+    # alike). The inverse layout change of _to_output_cpu_kernel; one iteration per (b, o).
+    batch, out_channels, pixels = grad.shape
+    one, zero = grad.dtype.type(1), grad.dtype.type(0)
+    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu_kernel
+        o = row // batch
+        b = row % batch
+        source = grad[b, o]
+        target = dy[o, b * pixels:(b + 1) * pixels]
+        if relu:
+            active = y[b, o]
+            for p in range(pixels):
+                target[p] = source[p] * (one if active[p] > zero else zero)
+        else:
+            for p in range(pixels):
+                target[p] = source[p]
+
+
+# -- the steps, one set per device, same signatures -----------------------------------------------
+
+def _im2col_cpu(x, cols, geo):
+    _im2col_cpu_kernel(x, cols, *geo.kernel_args())
+
+
+def _col2im_cpu(cols, dx, geo):
+    _col2im_cpu_kernel(cols, dx, *geo.kernel_args())
+
+
+def _to_output_cpu(product, bias, relu, y):
+    """y (B, O, P) <- product (O, B*P) + bias, with max(., 0) if relu."""
+    has_bias = bias is not None
+    _to_output_cpu_kernel(product, bias if has_bias else np.empty(0, y.dtype), has_bias, relu, y)
+
+
+def _to_product_cpu(grad, y, relu, dy):
+    """dy (O, B*P) <- grad (B, O, P), times (y > 0) if relu."""
+    _to_product_cpu_kernel(grad, grad if y is None else y, relu, dy)
+
+
+def _im2col_cuda(x, cols, geo):
+    batch, channels, height, width = x.shape
+    _kernels("conv_im2col", x.dtype)(cols.size, x, cols, batch, channels, height, width,
+                                     *geo.kernel_args())
+
+
+def _col2im_cuda(cols, dx, geo):
+    batch, channels, height, width = dx.shape
+    _kernels("conv_col2im", dx.dtype)(dx.size, cols, dx, batch, channels, height, width,
+                                      *geo.kernel_args())
+
+
+def _to_output_cuda(product, bias, relu, y):
+    xp = backend.array_module(y)
+    out_channels, (batch, _, pixels) = product.shape[0], y.shape
+    source = product.reshape(out_channels, batch, pixels).transpose(1, 0, 2)
+    if bias is None:
+        y[...] = source
+    else:
+        xp.add(source, bias.reshape(1, -1, 1), out=y)
+    if relu:
+        xp.maximum(y, 0, out=y)
+
+
+def _to_product_cuda(grad, y, relu, dy):
+    xp = backend.array_module(grad)
+    out_channels, (batch, _, pixels) = dy.shape[0], grad.shape
+    target = dy.reshape(out_channels, batch, pixels)
+    if relu:
+        xp.multiply(grad.transpose(1, 0, 2), (y > 0).transpose(1, 0, 2), out=target)
+    else:
+        target[...] = grad.transpose(1, 0, 2)
+
+
+CPU_STEPS = SimpleNamespace(im2col=_im2col_cpu, col2im=_col2im_cpu, to_output=_to_output_cpu,
+                            to_product=_to_product_cpu)
+CUDA_STEPS = SimpleNamespace(im2col=_im2col_cuda, col2im=_col2im_cuda, to_output=_to_output_cuda,
+                             to_product=_to_product_cuda)
+
+
+# -- the Function ---------------------------------------------------------------------------------
+
+def bytes_per_image(geo, itemsize):
+    """Workspace bytes per image: its columns, or its GEMM output, whichever is larger."""
+    return max(geo.rows, geo.out_channels) * geo.pixels * itemsize
+
+
+class Im2colConv2dFunction(Function):
+    def forward(self, x, weight, bias, stride, padding, groups, relu=False):
+        check_inputs(x, weight, bias, stride, padding, groups)
+        xp = backend.array_module(x)
+        x = xp.ascontiguousarray(x)
+        weight = xp.ascontiguousarray(weight)
+        geo = Geometry(x.shape, weight.shape, stride, padding, groups)
+        steps = backend.pick(x, cpu=CPU_STEPS, cuda=CUDA_STEPS)
+        self.geo, self.steps, self.relu = geo, steps, relu
+
+        # (O, C_g, kH, kW) -> (groups, O_g, C_g*kH*kW): row (c, ki, kj) matches the cols rows.
+        w = weight.reshape(groups, geo.out_per_group, geo.rows_per_group)
+        y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
+        chunks = geo.chunks(bytes_per_image(geo, x.dtype.itemsize))
+        rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
+        kept = None  # this batch's columns, if kept for backward (one chunk only)
+        if len(chunks) == 1 and is_grad_enabled() and self.needs_input_grad[1]:
+            kept = workspace.keep(xp, (geo.rows, geo.batch * n_pix), x.dtype)
+        # With the ReLU fused, backward needs the output's sign: keep y (the caller's
+        # array: it must not be written to, as with relu's saved output).
+        self.save_for_backward(x, weight, kept, y if relu else None)
+        for start, b in chunks:
+            cols = kept if kept is not None else workspace.buffer(
+                xp, "cols", (geo.rows, b * n_pix), x.dtype)
+            steps.im2col(x[start:start + b], cols, geo)
+            product = workspace.buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
+            for g in range(groups):
+                xp.matmul(w[g], cols[g * rg:(g + 1) * rg], out=product[g * og:(g + 1) * og])
+            # (O, B, OH*OW) -> (B, O, OH*OW), adding the bias (and the ReLU) on the way.
+            steps.to_output(product, bias, relu,
+                            y[start:start + b].reshape(b, geo.out_channels, n_pix))
+        return y
+
+    def backward(self, grad_output):
+        x, weight, kept, y = self.saved
+        geo, steps = self.geo, self.steps
+        xp = backend.array_module(x)
+        need_x, need_w, need_b = self.needs_input_grad[:3]
+        if not (need_x or need_w or need_b):
+            return None, None, None, None, None, None, None
+        grad_output = xp.ascontiguousarray(grad_output, dtype=x.dtype)
+        rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
+        w = weight.reshape(geo.groups, og, rg)
+        # dx is skipped when the input needs no gradient (the first layer's images): that
+        # saves a GEMM and a col2im per chunk.
+        grad_x = xp.empty_like(x) if need_x else None
+        # dW is computed transposed, dW_g^T = cols_g @ dY_g^T (rg, og), and turned round once
+        # at the end: with the long pixel axis as the inner dimension, that is the orientation
+        # OpenBLAS runs fastest. zeros, not empty: an empty batch runs no chunk, and its
+        # gradient is 0.
+        grad_wt = xp.zeros((geo.groups, rg, og), dtype=x.dtype) if need_w else None
+        grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
+
+        for start, b in geo.chunks(bytes_per_image(geo, x.dtype.itemsize)):
+            # dY chunk in the GEMM layout (O, B*OH*OW).
+            dy = workspace.buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
+            flat = (b, geo.out_channels, n_pix)
+            steps.to_product(grad_output[start:start + b].reshape(flat),
+                             None if y is None else y[start:start + b].reshape(flat), self.relu, dy)
+            if need_b:
+                grad_b += dy.sum(axis=1)
+            if not (need_x or need_w):
+                continue
+            cols, dcols = self._columns(x, kept, start, b, need_w)
+            for g in range(geo.groups):
+                dy_g, cols_g = dy[g * og:(g + 1) * og], cols[g * rg:(g + 1) * rg]
+                if need_w:
+                    if start == 0:
+                        xp.matmul(cols_g, dy_g.T, out=grad_wt[g])
+                    else:
+                        grad_wt[g] += xp.matmul(cols_g, dy_g.T)
+                if need_x:
+                    # cols_g has given all it had to dW_g: dcols_g may overwrite it.
+                    xp.matmul(w[g].T, dy_g, out=dcols[g * rg:(g + 1) * rg])
+            if need_x:
+                steps.col2im(dcols, grad_x[start:start + b], geo)
+
+        grad_w = None
+        if need_w:
+            grad_w = xp.ascontiguousarray(grad_wt.transpose(0, 2, 1)).reshape(weight.shape)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+    def _columns(self, x, kept, start, images, need_w):
+        """(cols, dcols) for the chunk of ``images`` at ``start``: forward's kept columns (the
+        whole batch, one chunk) and a workspace for dcols, so that kept stays intact for a
+        second backward (retain_graph); or the columns recomputed into the workspace, which
+        dcols then overwrites group by group."""
+        xp, geo = backend.array_module(x), self.geo
+        shape = (geo.rows, images * geo.pixels)
+        if kept is not None:
+            return kept, workspace.buffer(xp, "cols", shape, x.dtype)
+        cols = workspace.buffer(xp, "cols", shape, x.dtype)
+        if need_w:
+            self.steps.im2col(x[start:start + images], cols, geo)
+        return cols, cols
