@@ -12,7 +12,7 @@ class MaxPool2d(Module):
         self.padding, self.ceil_mode = padding, ceil_mode
 
     def forward(self, x):
-        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
 
     def extra_repr(self):
         text = f"kernel_size={self.kernel_size}, stride={self.stride}"

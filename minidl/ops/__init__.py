@@ -26,4 +26,4 @@ from .dropout import dropout
 from .linear import flatten, linear
 from .loss import binary_cross_entropy_with_logits, log_softmax, softmax, softmax_cross_entropy
 from .lrn import local_response_norm
-from .pool import max_pool2d
+from .pool import max_pool2d, max_unpool2d
