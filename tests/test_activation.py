@@ -120,10 +120,17 @@ def test_float32_stays_float32_and_incoming_gradient_is_not_modified(kernels, op
                                   np.random.default_rng(7).standard_normal((6, 3)).astype(np.float32))
 
 
-def test_empty_input(kernels):
+def test_empty_and_0d_inputs(kernels):
     for op in (ops.relu, ops.sigmoid):
-        y = op(kernels.tensor(np.zeros((0, 3), dtype=np.float32)))
-        assert y.shape == (0, 3)
+        y = op(kernels.tensor(np.zeros((1, 0, 3), dtype=np.float32)))
+        assert y.shape == (1, 0, 3)
+        x = kernels.tensor(np.array(-0.5), requires_grad=True)
+        y = op(x)
+        y.backward()
+        assert y.shape == () and x.grad.shape == ()
+        expected = relu_simple if op is ops.relu else sigmoid_simple
+        np.testing.assert_allclose(kernels.numpy(y), expected(np.array(-0.5)), rtol=1e-15)
+        assert minidl.gradcheck(op, [kernels.tensor(np.array(0.3), requires_grad=True)])
 
 
 def test_layers_call_the_ops():

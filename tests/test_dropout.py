@@ -156,10 +156,10 @@ def test_empty_input(kernels):
     assert y.shape == (0, 4)
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, float("nan"), "0.5", None, True])
+@pytest.mark.parametrize("p", [-0.1, 1.01, 1.5, float("nan"), "0.5", None, True])
 def test_bad_p(p):
     x = minidl.Tensor(np.ones(3, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dropout: p must be a probability in \[0, 1\]"):
         ops.dropout(x, p)
 
 
@@ -177,3 +177,14 @@ def test_dropout_cu_compiles_with_nvrtc(dtype):
     assert ".entry dropout_apply(" in ptx
     if dtype == np.float32:
         assert ".f64" not in ptx, "the float32 kernel computes in double somewhere"
+
+
+def test_p_one_zeroes_everything_and_0d_input_keeps_its_shape(kernels):
+    x = kernels.tensor(np.ones((3, 4)), requires_grad=True)
+    y = ops.dropout(x, 1.0)
+    y.backward(kernels.array(np.ones((3, 4))))
+    assert not kernels.numpy(y).any() and not kernels.numpy(x.grad).any()
+    scalar = kernels.tensor(np.array(2.0), requires_grad=True)
+    y = ops.dropout(scalar, 0.5, generator=np.random.default_rng(0))
+    y.backward()
+    assert y.shape == () and scalar.grad.shape == () and kernels.numpy(y) in (0.0, 4.0)

@@ -83,8 +83,10 @@ def test_layer_shapes_and_bias_flag():
 
 def test_bad_inputs():
     x, w, b = (minidl.Tensor(a) for a in make((2, 3), 4, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"linear: input must be 2-D \(N, in_features\), got shape \(2, 3, 1\)"):
+    with pytest.raises(ValueError, match=r"linear: input has 1 features in its last dimension \(shape \(2, 3, 1\)\)"):
         ops.linear(x.reshape(2, 3, 1), w, b)
+    with pytest.raises(ValueError, match=r"linear: input has no features in its last dimension \(shape \(\)\)"):
+        ops.linear(x[0, 0], w, b)
     with pytest.raises(ValueError, match=r"linear: input has 2 features .* expects 3"):
         ops.linear(x[:, :2], w, b)
     with pytest.raises(TypeError, match="linear: inputs must share one dtype, but input is float64, weight is float32"):
@@ -139,3 +141,21 @@ def test_flatten_bad_start_dim():
         ops.flatten(x, 1.0)
     with pytest.raises(ValueError, match="flatten: input must have at least 1 dimension"):
         ops.flatten(minidl.Tensor(np.float32(1)))
+
+
+@pytest.mark.parametrize("shape", [(3,), (0, 3), (2, 1, 2, 3)], ids=["1-D", "empty", "4-D"])
+def test_any_number_of_leading_dimensions(shape):
+    rng = np.random.default_rng(21)
+    x = minidl.Tensor(rng.standard_normal(shape), requires_grad=True)
+    w = minidl.Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    b = minidl.Tensor(rng.standard_normal(4), requires_grad=True)
+    y = ops.linear(x, w, b)
+    assert y.shape == shape[:-1] + (4,)
+    rows = x.numpy().reshape(-1, 3)
+    np.testing.assert_allclose(y.numpy().reshape(-1, 4), linear_simple(rows, w.numpy(), b.numpy())
+                               if rows.size else np.zeros((0, 4)), rtol=1e-12)
+    if x.size:
+        assert minidl.gradcheck(ops.linear, [x, w, b])
+    else:
+        y.backward(np.ones(y.shape))
+        assert x.grad.shape == shape and not w.grad.numpy().any()

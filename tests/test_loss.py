@@ -9,7 +9,8 @@ import pytest
 
 import minidl
 from minidl import ops
-from minidl.ops.loss import (binary_cross_entropy_with_logits_simple, log_softmax_simple,
+from minidl.ops.loss import (binary_cross_entropy_with_logits_simple, cross_entropy_simple,
+                             log_softmax_simple,
                              softmax_cross_entropy_simple)
 from minidl.testing import nvrtc
 from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
@@ -113,23 +114,35 @@ class _nothing:
 
 def test_cross_entropy_bad_inputs():
     logits = minidl.Tensor(np.zeros((3, 4), dtype=np.float32))
-    op = "softmax_cross_entropy"
+    op = "cross_entropy"
     with pytest.raises(TypeError, match=f"{op}: logits has dtype int64; expected float32 or float64"):
         ops.softmax_cross_entropy(minidl.Tensor(np.zeros((3, 4), dtype=np.int64)), [0, 1, 2])
     with pytest.raises(TypeError, match=f"{op}: logits has dtype float16"):
         ops.softmax_cross_entropy(logits.astype(np.float16), [0, 1, 2])
-    with pytest.raises(ValueError, match=rf"{op}: logits must be 2-D \(N examples, K classes\)"):
+    with pytest.raises(ValueError, match=rf"{op}: expected labels of shape \(\) \(one per example\), got shape \(1,\)"):
         ops.softmax_cross_entropy(minidl.Tensor(np.zeros(4, dtype=np.float32)), [0])
-    with pytest.raises(ValueError, match=rf"{op}: labels must lie in \[0, 3\] for 4 classes, got values from 0 to 4"):
+    with pytest.raises(ValueError, match=rf"{op}: labels must lie in \[0, 3\] for 4 classes \(or be ignore_index=-100\), got values from 0 to 4"):
         ops.softmax_cross_entropy(logits, [0, 4, 1])
     with pytest.raises(ValueError, match=rf"{op}: labels must lie in \[0, 3\].*from -1 to 2"):
         ops.softmax_cross_entropy(logits, [0, -1, 2])
-    with pytest.raises(TypeError, match=f"{op}: labels must be integers .* got dtype float64"):
-        ops.softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match=rf"{op}: expected 3 labels \(one per example\), got shape \(2,\)"):
+    with pytest.raises(TypeError, match=f"{op}: labels must be integers .* got dtype bool"):
+        ops.softmax_cross_entropy(logits, np.array([True, False, True]))
+    with pytest.raises(ValueError, match=f"{op}: class-probability targets must have the logits' shape"):
+        ops.softmax_cross_entropy(logits, np.array([0.0, 1.0, 2.0]))  # floats are probabilities
+    with pytest.raises(ValueError, match=rf"{op}: expected labels of shape \(3,\) \(one per example\), got shape \(2,\)"):
         ops.softmax_cross_entropy(logits, [0, 1])
-    with pytest.raises(ValueError, match=f"{op}: logits of shape \\(0, 4\\) are empty"):
+    with pytest.raises(ValueError, match=rf"{op}: reduction='mean' of an empty batch \(logits of shape \(0, 4\)\)"):
         ops.softmax_cross_entropy(minidl.Tensor(np.zeros((0, 4), dtype=np.float32)), [])
+    with pytest.raises(ValueError, match=f"{op}: reduction must be one of 'mean', 'sum', 'none', got 'avg'"):
+        ops.cross_entropy(logits, [0, 1, 2], reduction="avg")
+    with pytest.raises(ValueError, match=rf"{op}: label_smoothing must be a number in \[0, 1\], got 2"):
+        ops.cross_entropy(logits, [0, 1, 2], label_smoothing=2)
+    with pytest.raises(ValueError, match=rf"{op}: weight must have one value per class, shape \(4,\), got \(3,\)"):
+        ops.cross_entropy(logits, [0, 1, 2], np.ones(3))
+    with pytest.raises(ValueError, match=f"{op}: weight gets no gradient in minidl"):
+        ops.cross_entropy(logits, [0, 1, 2], minidl.Tensor(np.ones(4, np.float32), requires_grad=True))
+    with pytest.raises(ValueError, match=rf"{op}: class-probability targets must have the logits' shape \(3, 4\), got \(3, 3\)"):
+        ops.cross_entropy(logits, np.ones((3, 3)))
 
 
 # -- binary cross-entropy with logits ---------------------------------------------------------
@@ -267,18 +280,107 @@ def test_softmax_bad_inputs(op, name):
         op(minidl.Tensor(np.zeros((2, 3), dtype=np.int64)))
     with pytest.raises(TypeError, match=f"{name}: input has dtype float16"):
         op(minidl.Tensor(np.zeros((2, 3), dtype=np.float16)))
-    with pytest.raises(ValueError, match=rf"{name}: axis must be an integer in \[-2, 1\] .* got 2"):
+    with pytest.raises(ValueError, match=rf"{name}: dim must be an integer in \[-2, 1\] .* got 2"):
         op(minidl.Tensor(np.zeros((2, 3), dtype=np.float32)), axis=2)
-    with pytest.raises(ValueError, match=f"{name}: axis 1 of shape \\(2, 0\\) is empty"):
-        op(minidl.Tensor(np.zeros((2, 0), dtype=np.float32)), axis=1)
+    with pytest.raises(ValueError, match=f"{name}: got dim=0 and axis=1; axis is another name for dim"):
+        op(minidl.Tensor(np.zeros((2, 3), dtype=np.float32)), 0, axis=1)
+    with pytest.raises(TypeError, match=f"{name}: dtype must be float32 or float64, got int32"):
+        op(minidl.Tensor(np.zeros((2, 3), dtype=np.float32)), dtype=np.int32)
 
 
 @pytest.mark.skipif(not nvrtc.available(), reason="NVRTC not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loss_cu_compiles_with_nvrtc(dtype):
     ptx = nvrtc.compile_file(CU_FILE, dtype)
-    for name in ("softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    for name in ("cross_entropy_forward", "cross_entropy_backward", "cross_entropy_probs_forward",
+                 "cross_entropy_probs_backward",
                  "bce_with_logits_forward", "bce_with_logits_backward"):
         assert f".entry {name}(" in ptx
     if dtype == np.float32:
         assert ".f64" not in ptx, "the float32 kernels compute in double somewhere"
+
+
+# -- the options: weight, ignore_index, label smoothing, probabilities, reductions, K-dim --------
+
+CE_OPTIONS = [
+    dict(),
+    dict(weight=[0.5, 2.0, 1.0, 0.25], reduction="sum"),
+    dict(ignore_index=2, reduction="mean"),
+    dict(label_smoothing=0.2, weight=[0.5, 2.0, 1.0, 0.25], ignore_index=1),
+    dict(reduction="none", label_smoothing=0.1),
+]
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["indices", "probabilities"])
+@pytest.mark.parametrize("options", CE_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "plain")
+def test_cross_entropy_options_match_loop_and_gradcheck(kernels, options, probabilities):
+    if probabilities and "ignore_index" in options:
+        options = {k: v for k, v in options.items() if k != "ignore_index"}
+    rng = np.random.default_rng(12)
+    logits = 2 * rng.standard_normal((6, 4))
+    target = rng.dirichlet(np.ones(4), 6) if probabilities else np.array([0, 2, 1, 3, 2, 0])
+    weight = options.get("weight")
+    weight = None if weight is None else np.array(weight)
+    simple_options = dict(options, weight=weight)
+    expected_loss, expected_grad = cross_entropy_simple(logits, target, **simple_options)
+    x = kernels.tensor(logits, requires_grad=True)
+    t = kernels.tensor(target) if probabilities else target
+    loss = ops.cross_entropy(x, t, **dict(options, weight=None if weight is None else kernels.array(weight)))
+    np.testing.assert_allclose(kernels.numpy(loss), expected_loss, rtol=1e-12, atol=1e-14)
+    loss.backward(kernels.array(np.ones(loss.shape)))
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=1e-12, atol=1e-14)
+    inputs = [kernels.tensor(logits, requires_grad=True)]
+    if probabilities:
+        inputs.append(kernels.tensor(target, requires_grad=True))
+        assert minidl.gradcheck(lambda a, b: ops.cross_entropy(a, b, **simple_options), inputs)
+    else:
+        assert minidl.gradcheck(lambda a: ops.cross_entropy(a, target, **simple_options), inputs)
+
+
+def test_cross_entropy_k_dimensional_and_unbatched_inputs(kernels):
+    rng = np.random.default_rng(13)
+    logits = rng.standard_normal((2, 3, 2, 4))  # (N, K, d1, d2)
+    labels = rng.integers(0, 3, (2, 2, 4))
+    x = kernels.tensor(logits, requires_grad=True)
+    loss = ops.cross_entropy(x, labels, reduction="none")
+    assert loss.shape == (2, 2, 4)
+    rows = np.moveaxis(logits, 1, -1).reshape(-1, 3)
+    expected, grad = cross_entropy_simple(rows, labels.reshape(-1), reduction="none")
+    np.testing.assert_allclose(kernels.numpy(loss).reshape(-1), expected, rtol=1e-12)
+    loss.backward(kernels.array(np.ones(loss.shape)))
+    np.testing.assert_allclose(kernels.numpy(x.grad), np.moveaxis(grad.reshape(2, 2, 4, 3), -1, 1),
+                               rtol=1e-12, atol=1e-15)
+    assert minidl.gradcheck(lambda a: ops.cross_entropy(a, labels), [kernels.tensor(logits, requires_grad=True)])
+    single = ops.cross_entropy(kernels.tensor(logits[0, :, 0, 0]), np.array(labels[0, 0, 0]))
+    np.testing.assert_allclose(single.item(), expected[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("options", [
+    dict(reduction="sum"), dict(reduction="none"), dict(weight=np.linspace(0.5, 2, 5)),
+    dict(pos_weight=np.array([1.0, 2.0, 0.5, 3.0, 1.5]), reduction="none"),
+    dict(weight=np.full((4, 1), 0.5), pos_weight=np.array([1.0, 2.0, 0.5, 3.0, 1.5]), reduction="sum"),
+], ids=["sum", "none", "weight", "pos_weight", "both"])
+def test_bce_options_match_loop_and_gradcheck(kernels, options):
+    rng = np.random.default_rng(14)
+    logits, targets = 3 * rng.standard_normal((4, 5)), rng.random((4, 5))
+    expected_loss, expected_grad = binary_cross_entropy_with_logits_simple(logits, targets, **options)
+    x = kernels.tensor(logits, requires_grad=True)
+    device_options = {k: (kernels.array(v) if isinstance(v, np.ndarray) else v) for k, v in options.items()}
+    loss = ops.binary_cross_entropy_with_logits(x, kernels.tensor(targets), **device_options)
+    np.testing.assert_allclose(kernels.numpy(loss), expected_loss, rtol=1e-12)
+    loss.backward(kernels.array(np.ones(loss.shape)))
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=1e-12, atol=1e-15)
+    inputs = [kernels.tensor(logits, requires_grad=True), kernels.tensor(targets, requires_grad=True)]
+    assert minidl.gradcheck(lambda a, b: ops.binary_cross_entropy_with_logits(a, b, **device_options), inputs)
+
+
+def test_0d_bce_and_softmax(kernels):
+    x = kernels.tensor(np.array(0.7), requires_grad=True)
+    loss = ops.binary_cross_entropy_with_logits(x, kernels.tensor(np.array(1.0)))
+    loss.backward()
+    assert loss.shape == () and x.grad.shape == ()
+    np.testing.assert_allclose(loss.item(), binary_cross_entropy_with_logits_simple(
+        np.array(0.7), np.array(1.0))[0], rtol=1e-14)
+    assert ops.softmax(x, 0).item() == 1.0 and ops.log_softmax(x, dim=-1).item() == 0.0
+    empty = ops.softmax(kernels.tensor(np.zeros((5, 0, 0))), -1)
+    assert empty.shape == (5, 0, 0)

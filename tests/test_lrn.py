@@ -156,8 +156,8 @@ def test_cuda_source_compiles_under_nvrtc(dtype):
 
 
 @pytest.mark.parametrize("x, kwargs, error, match", [
-    (np.zeros((6, 4, 4), np.float32), {}, ValueError,
-     r"local_response_norm: input must be 4-D \(N, C, H, W\), got shape \(6, 4, 4\)"),
+    (np.zeros((6, 4), np.float32), {}, ValueError,
+     r"local_response_norm: input must have at least 3 dimensions \(N, C, ...\), got shape \(6, 4\)"),
     (np.zeros((1, 6, 4, 4), np.int32), {}, TypeError,
      r"local_response_norm: input has dtype int32; expected float32 or float64"),
     (np.zeros((1, 6, 4, 4), np.float32), {"size": 0}, ValueError,
@@ -171,3 +171,15 @@ def test_bad_inputs(kernels, x, kwargs, error, match):
     kwargs = {"size": 5, **kwargs}
     with pytest.raises(error, match=match):
         ops.local_response_norm(kernels.tensor(x), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3), (1, 5, 2, 3, 2), (0, 1, 2)], ids=["3-D", "5-D", "empty"])
+def test_any_number_of_spatial_dimensions(kernels, shape):
+    x = np.random.default_rng(20).standard_normal(shape)
+    t = kernels.tensor(x, requires_grad=True)
+    y = ops.local_response_norm(t, 3, alpha=1e-2, beta=0.75, k=1.0)
+    flat = x.reshape(shape[0], shape[1], -1, 1) if x.size else x.reshape(shape[0], shape[1], 0, 1)
+    np.testing.assert_allclose(kernels.numpy(y), local_response_norm_simple(flat, 3, 1e-2, 0.75, 1.0)
+                               .reshape(shape), rtol=1e-12)
+    if x.size:
+        assert minidl.gradcheck(lambda a: ops.local_response_norm(a, 3, alpha=1e-2, k=1.0), [t])

@@ -24,6 +24,7 @@ from .arithmetic import (add, div, exp, log, matmul, mean, mul, neg, power, redu
 from .conv import conv2d
 from .dropout import dropout
 from .linear import flatten, linear
-from .loss import binary_cross_entropy_with_logits, log_softmax, softmax, softmax_cross_entropy
+from .loss import (binary_cross_entropy_with_logits, cross_entropy, log_softmax, softmax,
+                   softmax_cross_entropy)
 from .lrn import local_response_norm
 from .pool import max_pool2d, max_unpool2d

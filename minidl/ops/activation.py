@@ -44,7 +44,7 @@ def sigmoid_simple(x):
 # -- drivers: one per device, same signature ------------------------------------------------------
 
 def _relu_forward_cpu(x):
-    return np.maximum(x, x.dtype.type(0))  # propagates NaN, like the CUDA kernel
+    return np.maximum(x, x.dtype.type(0), out=np.empty_like(x))  # NaN stays NaN, as in the CUDA kernel
 
 
 def _relu_backward_cpu(y, g):
@@ -58,7 +58,9 @@ def _sigmoid_forward_cpu(x):
     # 1 / (1 + exp(-x)) in one buffer. For x < -88 (float32) exp overflows to inf and
     # 1 / inf = 0 is the right limit, so the overflow warning is silenced, not avoided;
     # this form keeps full relative precision in the small negative tail.
-    y = np.negative(x)
+    # out= keeps a 0-d input a 0-d array (a bare ufunc call returns a NumPy scalar for it,
+    # which the in-place calls below cannot write).
+    y = np.negative(x, out=np.empty_like(x))
     with np.errstate(over="ignore"):
         np.exp(y, out=y)
     y += 1
@@ -76,11 +78,11 @@ def _elementwise_cuda(name):
     """A driver running kernel ``name`` of ``activation.cu`` over same-shaped arrays."""
     def run(*inputs):
         xp = backend.array_module(inputs[0])
-        dtype = inputs[0].dtype
-        inputs = [xp.ascontiguousarray(a, dtype=dtype) for a in inputs]
+        dtype, shape = inputs[0].dtype, inputs[0].shape
+        inputs = [xp.ascontiguousarray(a, dtype=dtype) for a in inputs]  # 0-d comes back 1-d
         out = xp.empty(inputs[0].shape, dtype=dtype)
         _kernels(name, dtype)(out.size, *inputs, out)
-        return out
+        return out.reshape(shape)
     return run
 
 

@@ -106,12 +106,14 @@ def apply_mask(x, p, seed):
     reproduce a mask from its seed.
     """
     xp = backend.array_module(x)
-    x = xp.ascontiguousarray(x)
+    shape = x.shape
+    x = xp.ascontiguousarray(x)  # 0-d comes back 1-d
     y = xp.empty(x.shape, dtype=x.dtype)
-    scale = x.dtype.type(1.0 / (1.0 - p))  # in the array's dtype: no float64 upcast
+    # In the array's dtype: no float64 upcast. With p = 1 nothing is kept and the scale unused.
+    scale = x.dtype.type(1.0 / (1.0 - p) if p < 1 else 0.0)
     apply = backend.pick(x, cpu=_apply_cpu, cuda=_apply_cuda)
     apply(x, y, np.uint64(seed), threshold_for(p), scale)
-    return y
+    return y.reshape(shape)
 
 
 # -- the Function ---------------------------------------------------------------------------------
@@ -128,8 +130,8 @@ class DropoutFunction(Function):
 
 def _check_p(p):
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout: p must be a probability in [0, 1), got {p!r}")
+            or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
 
 
 def draw_seed(generator=None):
@@ -141,7 +143,7 @@ def draw_seed(generator=None):
 def dropout(x, p=0.5, training=True, generator=None):
     """Inverted dropout: zero each element with probability ``p``, scale the rest by 1/(1-p).
 
-    ``x``: float32/float64 tensor of any shape. ``p`` in [0, 1). Identity (the same tensor,
+    ``x``: float32/float64 tensor of any shape. ``p`` in [0, 1] (1 zeroes everything). Identity (the same tensor,
     no random draw) when ``training`` is False or ``p == 0``. ``generator``: a
     ``numpy.random.Generator`` from which one 64-bit seed is drawn per call.
     """

@@ -5,6 +5,7 @@ products, and ``xp.matmul`` hands them to BLAS (NumPy) or cuBLAS (CuPy), which n
 kernel here would beat. ``W.T`` is a transposed *view*; BLAS reads it as it is, without a copy.
 
     forward    y  = x @ W.T (+ b)          x (N, in), W (out, in), b (out,), y (N, out)
+               (x (..., in) of any other rank is the matrix of its rows, as in PyTorch)
     backward   dx = g @ W                  only if x needs a gradient
                dW = g.T @ x                only if W needs a gradient
                db = g.sum(axis=0)          only if b needs a gradient
@@ -45,34 +46,42 @@ def linear_simple(x, weight, bias=None):
 
 class LinearFunction(Function):
     def forward(self, x, weight, bias=None):
-        checks.float_array("linear", "input", x, ndim=2, layout="N, in_features")
         checks.float_array("linear", "weight", weight, ndim=2, layout="out_features, in_features")
+        checks.float_array("linear", "input", x)
         if bias is not None:
             checks.float_array("linear", "bias", bias, ndim=1, layout="out_features")
         checks.same_dtype("linear", input=x, weight=weight, bias=bias)
-        if x.shape[1] != weight.shape[1]:
-            raise ValueError(f"linear: input has {x.shape[1]} features (shape {tuple(x.shape)}) but "
-                             f"weight of shape {tuple(weight.shape)} = (out_features, in_features) "
-                             f"expects {weight.shape[1]}")
+        if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1] if x.ndim else 'no'} features in its "
+                             f"last dimension (shape {tuple(x.shape)}) but weight of shape "
+                             f"{tuple(weight.shape)} = (out_features, in_features) expects "
+                             f"{weight.shape[1]}")
         if bias is not None and bias.shape[0] != weight.shape[0]:
             raise ValueError(f"linear: bias has shape {tuple(bias.shape)}; expected "
                              f"({weight.shape[0]},), one value per output feature")
         xp = backend.array_module(x)
+        # Any leading dimensions are rows of one matrix product (sizes spelled out: 0 rows work).
+        self.x_shape = tuple(x.shape)
+        rows = int(np.prod(x.shape[:-1], dtype=np.int64))
+        x = x.reshape(rows, x.shape[-1])
         y_t = xp.matmul(weight, x.T)  # (out, N): the fast orientation, see the module doc
-        y = xp.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+        y = xp.empty((rows, weight.shape[0]), dtype=x.dtype)
         if bias is None:
             y[...] = y_t.T
         else:
             xp.add(y_t.T, bias, out=y)
         needs_x, needs_w = self.needs_input_grad[0], self.needs_input_grad[1]
         self.save_for_backward(x if needs_w else None, weight if needs_x else None)
-        return y
+        return y.reshape(self.x_shape[:-1] + (weight.shape[0],))
 
     def backward(self, g):
         x, weight = self.saved
         xp = backend.array_module(g)
         needs = self.needs_input_grad
-        grad_x = xp.ascontiguousarray(xp.matmul(weight.T, g.T).T) if needs[0] else None
+        g = g.reshape(int(np.prod(g.shape[:-1], dtype=np.int64)), g.shape[-1])
+        grad_x = None
+        if needs[0]:
+            grad_x = xp.ascontiguousarray(xp.matmul(weight.T, g.T).T).reshape(self.x_shape)
         grad_w = xp.matmul(g.T, x) if needs[1] else None
         grad_b = g.sum(axis=0) if needs[2] else None
         return grad_x, grad_w, grad_b
@@ -91,8 +100,9 @@ class FlattenFunction(Function):
 
 
 def linear(x, weight, bias=None):
-    """``x @ weight.T + bias`` with x (N, in_features), weight (out_features, in_features) as
-    in ``torch.nn.functional.linear``, bias (out_features,) or None."""
+    """``x @ weight.T + bias`` with x (..., in_features) -- any leading dimensions, or none --
+    weight (out_features, in_features) as in ``torch.nn.functional.linear``, bias
+    (out_features,) or None; the result is (..., out_features)."""
     return LinearFunction.apply(x, weight, bias)
 
 

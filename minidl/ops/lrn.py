@@ -248,7 +248,14 @@ def _backward_cuda(grad_y, x, scale, before, after, beta, two_alpha_beta):
 
 class LocalResponseNormFunction(Function):
     def forward(self, x, size=5, alpha=1e-4, beta=0.75, k=2.0, convention="paper"):
-        checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+        checks.float_array(OP, "input", x)
+        if x.ndim < 3:
+            raise ValueError(f"{OP}: input must have at least 3 dimensions (N, C, ...), "
+                             f"got shape {tuple(x.shape)}")
+        # (N, C, any spatial dims) as the (N, C, P, 1) the drivers take: the window runs over
+        # channels only, at each of the P positions.
+        self.input_shape = tuple(x.shape)
+        x = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)), 1)
         size = checks.integer(OP, "size", size, 1)
         if convention not in CONVENTIONS:
             raise ValueError(f"{OP}: convention must be 'paper' (alpha multiplies the sum of "
@@ -265,18 +272,20 @@ class LocalResponseNormFunction(Function):
         y, scale = forward(x, *self.window, real(alpha), real(beta), real(k), save_scale)
         if save_scale:
             self.save_for_backward(x, scale)
-        return y
+        return y.reshape(self.input_shape)
 
     def backward(self, grad_y):
         x, scale = self.saved
         xp = backend.array_module(x)
-        grad_y = xp.ascontiguousarray(grad_y, dtype=x.dtype)
+        grad_y = xp.ascontiguousarray(grad_y, dtype=x.dtype).reshape(x.shape)
         backward = backend.pick(x, cpu=_backward_cpu, cuda=_backward_cuda)
-        return backward(grad_y, x, scale, *self.window, self.beta, self.two_alpha_beta)
+        grad_x = backward(grad_y, x, scale, *self.window, self.beta, self.two_alpha_beta)
+        return grad_x.reshape(self.input_shape)
 
 
 def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=2.0, convention="paper"):
-    """Local response normalisation across the channels of ``x`` (N, C, H, W).
+    """Local response normalisation across the channels of ``x`` (N, C, H, W), or of any
+    (N, C, ...) with at least 3 dimensions, as ``torch.nn.functional.local_response_norm``.
 
     ``b[i] = a[i] / (k + alpha * sum_{j in window(i)} a[j]^2) ** beta`` at every pixel, the
     window being the ``size`` channels ``i - size//2 ... i + (size-1)//2`` (clipped at the
