@@ -208,8 +208,16 @@ def t(shape, dtype=np.float32):
 
 
 @pytest.mark.parametrize("call, error, pattern", [
-    (lambda: conv2d(t((3, 8, 8)), t((4, 3, 3, 3))), ValueError,
-     r"conv2d: input must be 4-D \(N, C, H, W\), got shape \(3, 8, 8\)"),
+    (lambda: conv2d(t((8, 8)), t((4, 3, 3, 3))), ValueError,
+     r"conv2d: input must be 4-D \(N, C, H, W; or unbatched C, H, W\), got shape \(8, 8\)"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), stride=2, padding="same"), ValueError,
+     r"conv2d: padding='same' needs stride 1 \(as in PyTorch\), got stride \(2, 2\)"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), padding="full"), ValueError,
+     r"conv2d: padding must be an int, a pair of ints, 'valid' or 'same', got 'full'"),
+    (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3, 3)), dilation=2, algorithm="winograd"),
+     ValueError, r"conv2d: algorithm='winograd' has no dilation or uneven padding"),
+    (lambda: conv2d(t((1, 3, 5, 5)), t((4, 3, 3, 3)), dilation=3), ValueError,
+     r"conv2d: kernel 3x3 with dilation \(3, 3\) is larger than the padded input 5x5"),
     (lambda: conv2d(t((1, 3, 8, 8)), t((4, 3, 3))), ValueError, r"conv2d: weight must be 4-D"),
     (lambda: conv2d(t((1, 5, 8, 8)), t((4, 3, 3, 3))), ValueError,
      r"conv2d: input has 5 channels .* expects weight.shape\[1\] \* groups = 3"),
@@ -241,3 +249,57 @@ def t(shape, dtype=np.float32):
 def test_bad_inputs(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()
+
+
+# -- dilation, "same"/"valid" padding, unbatched input -------------------------------------------
+# (x shape, (O, kH, kW), stride, padding, dilation, groups)
+OPTION_CONFIGS = [
+    ((2, 4, 8, 8), (2, 3, 3), (3, 2), (2, 1), (4, 4), 2),  # PyTorch's own sample: big dilation
+    ((1, 4, 5, 5), (1, 2, 3), 2, 1, (2, 3), 1),
+    ((1, 4, 5, 5), (1, 2, 3), 1, "same", 3, 1),             # uneven "same": one more row after
+    ((2, 3, 6, 7), (4, 3, 3), 1, "same", 1, 1),             # even "same": Winograd's case
+    ((1, 4, 5, 5), (2, 2, 3), 2, "valid", 1, 2),
+    ((4, 6, 5), (3, 3, 2), 1, "same", (2, 1), 1),           # unbatched (C, H, W)
+]
+OPTION_IDS = ["dilation4-groups2", "dilation2x3", "same-dilation3-uneven", "same-3x3", "valid",
+              "unbatched-same"]
+
+
+def option_inputs(config, seed=0):
+    shape, (o, kh, kw), stride, padding, dilation, groups = config
+    rng = np.random.default_rng(seed)
+    c = shape[-3]
+    return (rng.standard_normal(shape), rng.standard_normal((o, c // groups, kh, kw)),
+            rng.standard_normal(o))
+
+
+@pytest.mark.parametrize("config", OPTION_CONFIGS, ids=OPTION_IDS)
+def test_dilation_and_padding_options(kernels, config):
+    x, w, b = option_inputs(config)
+    _, _, stride, padding, dilation, groups = config
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y = conv2d(kernels.tensor(x), kernels.tensor(w), kernels.tensor(b), **options)
+    batched = x if x.ndim == 4 else x[None]
+    expected = conv2d_simple(batched, w, b, stride, padding, groups, dilation)
+    np.testing.assert_allclose(kernels.numpy(y), expected if x.ndim == 4 else expected[0],
+                               rtol=1e-10, atol=1e-10)
+    tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
+    assert minidl.gradcheck(lambda *ts: conv2d(*ts, **options), tensors)
+
+
+@pytest.mark.parametrize("config", OPTION_CONFIGS, ids=OPTION_IDS)
+def test_dilation_and_padding_options_match_torch(config):
+    torch = pytest.importorskip("torch")
+    x, w, b = option_inputs(config, seed=1)
+    _, _, stride, padding, dilation, groups = config
+    tensors = [minidl.Tensor(a, requires_grad=True) for a in (x, w, b)]
+    y = conv2d(*tensors, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    grad = np.random.default_rng(2).standard_normal(y.shape)
+    y.backward(grad)
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    ty = torch.nn.functional.conv2d(*ts, stride=stride, padding=padding, dilation=dilation,
+                                    groups=groups)
+    ty.backward(torch.tensor(grad))
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    for mine, theirs in zip(tensors, ts):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-10, atol=1e-12)

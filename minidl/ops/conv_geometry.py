@@ -8,14 +8,20 @@ OP = "conv2d"
 class Geometry:
     """Sizes of one convolution, derived once from the input and weight shapes."""
 
-    def __init__(self, x_shape, w_shape, stride, padding, groups):
+    def __init__(self, x_shape, w_shape, stride, padding, groups, dilation=(1, 1), padding_end=None):
+        """``padding`` is before the first row and column; ``padding_end`` after the last (the
+        same when None; one more for padding="same" with an odd total, as in PyTorch)."""
         self.batch, self.channels, self.height, self.width = x_shape
         self.out_channels, _, self.kernel_h, self.kernel_w = w_shape
         self.stride_h, self.stride_w = stride
         self.pad_h, self.pad_w = padding
+        self.dilation_h, self.dilation_w = dilation
+        end_h, end_w = padding if padding_end is None else padding_end
         self.groups = groups
-        self.out_h = (self.height + 2 * self.pad_h - self.kernel_h) // self.stride_h + 1
-        self.out_w = (self.width + 2 * self.pad_w - self.kernel_w) // self.stride_w + 1
+        span_h = self.dilation_h * (self.kernel_h - 1) + 1  # rows one window spans
+        span_w = self.dilation_w * (self.kernel_w - 1) + 1
+        self.out_h = (self.height + self.pad_h + end_h - span_h) // self.stride_h + 1
+        self.out_w = (self.width + self.pad_w + end_w - span_w) // self.stride_w + 1
         self.pixels = self.out_h * self.out_w  # output pixels per image
         self.rows = self.channels * self.kernel_h * self.kernel_w  # im2col rows, all groups
         self.rows_per_group = self.rows // groups
@@ -25,7 +31,7 @@ class Geometry:
     def kernel_args(self):
         """The window arguments every im2col-style kernel takes, in their C order."""
         return (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
-                self.pad_h, self.pad_w, self.out_h, self.out_w)
+                self.pad_h, self.pad_w, self.dilation_h, self.dilation_w, self.out_h, self.out_w)
 
     def chunk_size(self, bytes_per_image):
         """Images per chunk: a chunk's buffers of ``bytes_per_image`` each fit in
@@ -41,9 +47,9 @@ class Geometry:
         return [(start, min(size, self.batch - start)) for start in range(0, self.batch, size)]
 
 
-def check_inputs(x, weight, bias, stride, padding, groups):
+def check_inputs(x, weight, bias, stride, padding, groups, dilation=(1, 1), padding_end=None):
     """The arrays of one conv2d call against each other and against its options."""
-    checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W")
+    checks.float_array(OP, "input", x, ndim=4, layout="N, C, H, W; or unbatched C, H, W")
     checks.float_array(OP, "weight", weight, ndim=4,
                        layout="out_channels, in_channels // groups, kH, kW")
     if bias is not None:
@@ -65,8 +71,11 @@ def check_inputs(x, weight, bias, stride, padding, groups):
     if bias is not None and tuple(bias.shape) != (out_channels,):
         raise ValueError(f"{OP}: bias must have shape ({out_channels},), one value per output "
                          f"channel, got shape {tuple(bias.shape)}")
-    padded = (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
-    if kernel_h > padded[0] or kernel_w > padded[1]:
-        raise ValueError(f"{OP}: kernel {kernel_h}x{kernel_w} is larger than the padded input "
-                         f"{padded[0]}x{padded[1]} (input {x.shape[2]}x{x.shape[3]}, "
+    end = padding if padding_end is None else padding_end
+    padded = (x.shape[2] + padding[0] + end[0], x.shape[3] + padding[1] + end[1])
+    span = ((kernel_h - 1) * dilation[0] + 1, (kernel_w - 1) * dilation[1] + 1)
+    if span[0] > padded[0] or span[1] > padded[1]:
+        dilated = "" if tuple(dilation) == (1, 1) else f" with dilation {tuple(dilation)}"
+        raise ValueError(f"{OP}: kernel {kernel_h}x{kernel_w}{dilated} is larger than the padded "
+                         f"input {padded[0]}x{padded[1]} (input {x.shape[2]}x{x.shape[3]}, "
                          f"padding {padding}); expected a kernel no larger than the padded input")

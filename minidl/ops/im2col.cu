@@ -6,14 +6,14 @@
 //
 //   x     (B, C, H, W)                  the input chunk
 //   cols  (C*kH*kW, B*OH*OW)            row (c, ki, kj), column (b, oh, ow)
-//   cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 outside x)
+//   cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW]   (0 outside x)
 
 // One thread owns one column element (n = cols.size): each element is one read of x (or a
 // zero from the padding). Consecutive threads take consecutive ow, so the writes coalesce.
 extern "C" __global__ void conv_im2col(
         long long n, const real_t* __restrict__ x, real_t* __restrict__ cols, long long batch,
         int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
-        int stride_w, int pad_h, int pad_w, int out_h, int out_w) {
+        int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int out_h, int out_w) {
     const long long out_plane = (long long)out_h * out_w;
     const long long n_columns = batch * out_plane;
     FOR_EACH(i, n) {
@@ -26,8 +26,8 @@ extern "C" __global__ void conv_im2col(
         const long long pixel = column - b * out_plane;
         const int oh = (int)(pixel / out_w);
         const int ow = (int)(pixel - (long long)oh * out_w);
-        const int h = oh * stride_h + ki - pad_h;
-        const int w = ow * stride_w + kj - pad_w;
+        const int h = oh * stride_h + ki * dilation_h - pad_h;
+        const int w = ow * stride_w + kj * dilation_w - pad_w;
         real_t value = (real_t)0;
         if (h >= 0 && h < height && w >= 0 && w < width) {
             value = x[((b * channels + c) * height + h) * width + w];
@@ -37,14 +37,14 @@ extern "C" __global__ void conv_im2col(
 }
 
 // The adjoint of im2col, as a gather: dx[b, c, h, w] sums the column entries that element was
-// copied into, i.e. every (ki, kj) with oh = (h + pH - ki) / sH and ow = (w + pW - kj) / sW
+// copied into, i.e. every (ki, kj) with oh = (h + pH - ki*dH) / sH and ow = (w + pW - kj*dW) / sW
 // whole numbers inside the output. One thread owns one input element (n = dx.size) and writes
 // only it -- no atomics -- adding the taps in the same (ki, kj) order as the Numba col2im, so
 // the two give the same sums.
 extern "C" __global__ void conv_col2im(
         long long n, const real_t* __restrict__ cols, real_t* __restrict__ dx, long long batch,
         int channels, int height, int width, int kernel_h, int kernel_w, int stride_h,
-        int stride_w, int pad_h, int pad_w, int out_h, int out_w) {
+        int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int out_h, int out_w) {
     const long long out_plane = (long long)out_h * out_w;
     const long long n_columns = batch * out_plane;
     FOR_EACH(i, n) {
@@ -55,13 +55,13 @@ extern "C" __global__ void conv_col2im(
         const long long b = bc / channels;
         real_t sum = (real_t)0;
         for (int ki = 0; ki < kernel_h; ++ki) {
-            const int th = h + pad_h - ki;  // = oh * sH when tap ki of output row oh read row h
+            const int th = h + pad_h - ki * dilation_h;  // = oh * sH when tap ki of row oh read row h
             if (th < 0) break;              // th only decreases as ki grows
             if (th % stride_h != 0) continue;
             const int oh = th / stride_h;
             if (oh >= out_h) continue;
             for (int kj = 0; kj < kernel_w; ++kj) {
-                const int tw = w + pad_w - kj;
+                const int tw = w + pad_w - kj * dilation_w;
                 if (tw < 0) break;
                 if (tw % stride_w != 0) continue;
                 const int ow = tw / stride_w;

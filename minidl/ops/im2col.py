@@ -2,7 +2,7 @@
 
 For a chunk of B images, ``im2col`` copies every input patch into one column of a matrix
 
-    cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW]   (0 in the padding)
+    cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW]   (0 in the padding)
 
 so that the convolution of group g becomes one large matrix product,
 
@@ -60,9 +60,10 @@ def _valid_outputs(k, pad, stride, size, out_size):
 
 
 @cpu.parallel_kernel
-def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h,
-                       out_w):
-    # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki - pH, ow*sW + kj - pW], 0 in the padding.
+def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                       dilation_w, out_h, out_w):
+    # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW], 0 in the
+    # padding.
     # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
     # writes are sequential and the iterations never touch the same memory. The copies are
     # slices, which beat an element loop.
@@ -72,13 +73,14 @@ def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, p
         c = row // taps
         ki = (row // kernel_w) % kernel_h
         kj = row % kernel_w
-        lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)  # ow inside the input
-        w_first = lo * stride_w + kj - pad_w
+        tap_w = kj * dilation_w  # the column offset of tap kj within a window
+        lo, hi = _valid_outputs(tap_w, pad_w, stride_w, width, out_w)  # ow inside the input
+        w_first = lo * stride_w + tap_w - pad_w
         w_stop = w_first + (hi - lo - 1) * stride_w + 1
         for b in range(batch):
             for oh in range(out_h):
                 start = (b * out_h + oh) * out_w
-                h = oh * stride_h + ki - pad_h
+                h = oh * stride_h + ki * dilation_h - pad_h
                 if h < 0 or h >= height or hi == lo:
                     cols[row, start:start + out_w] = 0
                     continue
@@ -88,10 +90,10 @@ def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, p
 
 
 @cpu.parallel_kernel
-def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_h,
-                       out_w):
+def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                       dilation_w, out_h, out_w):
     # dx[b, c, h, w] = sum of cols[(c, ki, kj), (b, oh, ow)] over the taps with
-    # oh*sH + ki - pH = h and ow*sW + kj - pW = w: the adjoint of im2col, as a gather.
+    # oh*sH + ki*dH - pH = h and ow*sW + kj*dW - pW = w: the adjoint of im2col, as a gather.
     # One iteration owns one plane dx[b, c] (which stays in L1 cache) and is the only writer
     # of its pixels, so there are no races; each pixel adds its taps in (ki, kj) order, as the
     # CUDA col2im does, so the two give the same sums.
@@ -110,10 +112,10 @@ def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, 
         for ki in range(kernel_h):
             for kj in range(kernel_w):
                 row = (c * kernel_h + ki) * kernel_w + kj
-                lo, hi = _valid_outputs(kj, pad_w, stride_w, width, out_w)
-                shift = kj - pad_w
+                lo, hi = _valid_outputs(kj * dilation_w, pad_w, stride_w, width, out_w)
+                shift = kj * dilation_w - pad_w
                 for oh in range(out_h):
-                    h = oh * stride_h + ki - pad_h
+                    h = oh * stride_h + ki * dilation_h - pad_h
                     if h < 0 or h >= height:
                         continue
                     start = (b * out_h + oh) * out_w
@@ -238,12 +240,13 @@ def bytes_per_image(geo, itemsize):
 
 
 class Im2colConv2dFunction(Function):
-    def forward(self, x, weight, bias, stride, padding, groups, relu=False):
-        check_inputs(x, weight, bias, stride, padding, groups)
+    def forward(self, x, weight, bias, stride, padding, groups, relu=False, dilation=(1, 1),
+                padding_end=None):
+        check_inputs(x, weight, bias, stride, padding, groups, dilation, padding_end)
         xp = backend.array_module(x)
         x = xp.ascontiguousarray(x)
         weight = xp.ascontiguousarray(weight)
-        geo = Geometry(x.shape, weight.shape, stride, padding, groups)
+        geo = Geometry(x.shape, weight.shape, stride, padding, groups, dilation, padding_end)
         steps = backend.pick(x, cpu=CPU_STEPS, cuda=CUDA_STEPS)
         self.geo, self.steps, self.relu = geo, steps, relu
 
@@ -276,7 +279,7 @@ class Im2colConv2dFunction(Function):
         xp = backend.array_module(x)
         need_x, need_w, need_b = self.needs_input_grad[:3]
         if not (need_x or need_w or need_b):
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None
         grad_output = xp.ascontiguousarray(grad_output, dtype=x.dtype)
         rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
         w = weight.reshape(geo.groups, og, rg)
@@ -317,7 +320,7 @@ class Im2colConv2dFunction(Function):
         grad_w = None
         if need_w:
             grad_w = xp.ascontiguousarray(grad_wt.transpose(0, 2, 1)).reshape(weight.shape)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
     def _columns(self, x, kept, start, images, need_w):
         """(cols, dcols) for the chunk of ``images`` at ``start``: forward's kept columns (the
