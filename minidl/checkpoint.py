@@ -11,7 +11,11 @@ runs code from it.
 
 Writing is atomic: the file is written under a temporary name in the same folder, flushed to
 the disk (``fsync``) and then renamed over the old one (``os.replace``). A crash at any moment
-leaves either the old checkpoint or the new one, never half a file.
+leaves either the old checkpoint or the new one, never half a file. The temporary
+(``.<name>.<8 random characters>.tmp``) is created exclusively, so a link planted in the folder
+cannot redirect the write; one left by a ``kill -9`` is deleted by the next run in that folder
+(``minidl.runs``). A failed write (disk full, no permission) raises ``SaveError``, an
+``OSError`` whose one-line message names the file and says that the previous version is intact.
 """
 import json
 import os
@@ -28,6 +32,21 @@ VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, or not a checkpoint)."""
+
+
+class SaveError(OSError):
+    """A file could not be written (disk full, no permission...). The message names the file
+    and what was kept: the previous version is intact, and the temporary was removed."""
+
+    def __init__(self, path, error):
+        kept = (f"the previous {os.path.basename(path)} is intact" if os.path.exists(path)
+                else "there was no earlier version")
+        reason = error.strerror or str(error)
+        super().__init__(error.errno, f"could not write {path}: {reason}; {kept}", path)
+        self.path = path
+
+    def __str__(self):
+        return self.strerror
 
 
 def _encode(value, arrays):
@@ -109,25 +128,36 @@ def write_atomically(path, write):
     half-written one. Used for checkpoints and for every picture the training loop redraws."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        os.makedirs(folder, exist_ok=True)
+        # mkstemp creates the file exclusively (O_EXCL) under a fresh random name: a link
+        # planted in the folder can never make this write land somewhere else.
+        fd, temp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as error:
+        raise SaveError(path, error) from error
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temp)
         except OSError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, SaveError):
+            raise SaveError(path, error) from error
         raise
     _fsync_folder(folder)
     return path
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def _write_npz(file, members):
@@ -144,6 +174,13 @@ def load(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes); delete it or restore a copy")
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # Not a zip: truncated, overwritten, or never a checkpoint. Said here, because NumPy
+        # would answer that the file holds pickled data -- minidl never unpickles anything.
+        raise CheckpointError(f"checkpoint {path!r} is corrupt or truncated and cannot be read "
+                              "(it is not a zip archive); delete it or restore a copy")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "tree" not in npz.files:

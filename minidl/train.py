@@ -7,9 +7,34 @@ epochs. What it writes to ``out_dir``:
   and errors, lr, images/s, seconds;
 * ``curves.png`` -- loss and error against the epoch, train and val, redrawn each epoch;
 * ``checkpoint.npz`` -- everything needed to go on exactly where the run stopped (model,
-  optimiser, schedule, epoch, step, random-number states, history), written atomically at the
-  end of every epoch: ``fit(..., resume=True)`` continues from it;
-* ``best.npz`` -- the model of the epoch with the lowest monitored error.
+  optimiser, schedule, epoch, step, random-number states, history, the recipe, versions and
+  thread settings), written atomically at the end of every epoch and when a run is stopped
+  (``max_steps``, SIGINT, SIGTERM): ``fit(..., resume=True)`` continues from it;
+* ``best.npz`` -- the model of the epoch with the lowest monitored error (never a model with
+  non-finite weights or a non-finite loss).
+
+A run holds its folder alone (``minidl.runs``): a second run there is refused, and so is a
+folder that holds a finished run unless ``resume=True`` or ``overwrite=True``.
+
+What keeps a run from losing work:
+
+* **Divergence guard.** Each step reads the loss and the squared gradient norm together (the
+  loss was read anyway; the norm is one dot product per parameter array) and looks at both
+  before the update. A non-finite value, by ``on_nonfinite``: ``"stop"`` (default) raises
+  ``DivergenceError`` naming the step and the last good checkpoint, the weights untouched;
+  ``"skip"`` leaves the batch out (ten in a row stop the run); ``"reduce_lr"`` goes back to
+  the state of the last checkpoint, divides the learning rate by 10 and goes on (three times at
+  most). Before any save the weights are checked once more: non-finite weights are never written.
+* **Graceful stop.** SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send) let the
+  current step finish; then the checkpoint is written with the epoch's position and
+  ``TrainingInterrupted`` (a ``KeyboardInterrupt``) is raised, saying how to resume. A second
+  signal stops at once. The previous handlers are put back when ``fit`` returns.
+* **Honest resume.** The recipe -- the optimiser's and schedule's settings, the batch size and
+  whatever the caller adds (``recipe={"variant": ...}``) -- is stored; resuming with other
+  values is an error listing them, unless ``accept_changed_recipe=True``: then the new values
+  are used (the learning rate from now on, a new momentum...) and said so. Other versions or
+  thread settings than the checkpoint's give a warning: results then match an uninterrupted run
+  to float rounding, not bitwise.
 
 Loaders: any iterable of ``(images, labels)`` NumPy batches with a ``len`` (the number of
 batches). If it has ``set_epoch(e)`` it is called before each epoch, so a loader can derive its
@@ -23,12 +48,15 @@ outputs. For a sigmoid model such as EuroNet pass ``predict=metrics.sigmoid_scor
 ``metrics=(metrics.binary_error, metrics.top1)`` and
 ``loss_fn=metrics.with_one_hot(ops.binary_cross_entropy_with_logits)``.
 """
+import copy
 import dataclasses
 import inspect
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Optional
@@ -36,11 +64,53 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, checkpoint
+from . import backend, checkpoint, runs
 from . import random as minidl_random
 from .metrics import named_metrics, softmax_scores, top1, top5
 from .plot import plot_curves
 from .tensor import Tensor, no_grad
+
+NONFINITE_CHOICES = ("stop", "skip", "reduce_lr")
+SKIPS_IN_A_ROW = 10       # on_nonfinite="skip": this many non-finite batches in a row stop the run
+LR_REDUCTIONS = 3         # on_nonfinite="reduce_lr": at most this many divisions per fit call
+LR_FACTOR = 0.1
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the gradient became NaN or infinite and the run stopped; the weights of the
+    last good checkpoint are intact. ``step`` and ``checkpoint`` (a path, or None) say where."""
+
+    def __init__(self, message, step=None, checkpoint=None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped ``fit``. After the first signal the checkpoint holds every
+    step taken (``saved`` is True where there is an out_dir); a second signal stops at once.
+    ``signal_name``, ``exit_status`` (128 + the signal's number: 130, 143), ``checkpoint``, ``step``."""
+
+    def __init__(self, message, signum, checkpoint=None, step=None, saved=False):
+        super().__init__(message)
+        self.signum, self.checkpoint, self.step, self.saved = signum, checkpoint, step, saved
+        self.signal_name = signal.Signals(signum).name
+        self.exit_status = 128 + int(signum)
+
+    def __str__(self):
+        return self.args[0]
+
+
+class RecipeChangedError(ValueError):
+    """Resuming with other settings than the checkpoint's; ``changes`` is [(key, old, new)]."""
+
+    def __init__(self, message, changes):
+        super().__init__(message)
+        self.changes = changes
+
+
+class ResumeWarning(UserWarning):
+    """The resumed run will not repeat the uninterrupted one bit for bit (other thread settings
+    or versions, a checkpoint without a recipe...)."""
 
 
 # -- moving batches ------------------------------------------------------------------------------
@@ -153,6 +223,14 @@ class _Setup:
     progress: bool
     generators: dict          # name -> Generator: the states a checkpoint holds besides the global ones
     files: dict               # "checkpoint.npz", "best.npz", ... -> path; empty without out_dir
+    parameters: list          # the model's parameters, for the gradient norm
+    recipe: dict              # the settings a resumed run must share with its checkpoint
+    accept_changed_recipe: bool
+    on_nonfinite: str
+    stop: Any = None          # the _GracefulStop watching SIGINT/SIGTERM
+    last_checkpoint: Optional[tuple] = None   # (path, epoch, step) of the last state written
+    snapshot: Optional[dict] = None           # on_nonfinite="reduce_lr": the state to go back to
+    lr_reductions: int = 0
 
     @property
     def metric_names(self):
@@ -169,7 +247,7 @@ class _Run:
         self.epoch = 0            # epochs finished
         self.step = 0             # optimiser steps taken
         self.history = []         # the records of the finished epochs
-        self.partial = None       # the sums of an epoch that max_steps stopped, to go on with
+        self.partial = None       # the sums of an epoch that was stopped, to go on with
         self.best = None          # the lowest monitored value so far, and its epoch
         self.best_epoch = None
         self.bad_epochs = 0       # epochs since the monitored value last improved
@@ -207,86 +285,149 @@ def _default_monitor(metric_names, has_val):
     return "train_loss"
 
 
-def _output_files(out_dir):
-    if out_dir is None:
-        return {}
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    return {name: os.path.join(out_dir, name)
-            for name in ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png")}
+# -- the recipe -----------------------------------------------------------------------------------
+# Entries of an optimiser's or schedule's state_dict that count what happened rather than
+# configure what happens: they are not part of the recipe.
+_COUNTERS = {"steps", "step", "epoch", "last_epoch", "best", "bad_epochs", "reductions", "base_lr",
+             "num_bad_epochs", "cooldown_counter", "t"}
 
 
-# -- training ------------------------------------------------------------------------------------
-def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
-        device="cpu", out_dir=None, resume=False, max_steps=None, early_stopping_patience=None,
-        metrics=(top1, top5), predict=softmax_scores, progress=True, val_ten_crop=False, monitor=None,
-        generators=()):
-    """Train ``model`` and return ``{"history", "best_epoch", "best", "monitor", "step",
-    "stopped_early"}``.
+def _settings_of(component, prefix):
+    """The scalar settings in ``component.state_dict()`` (numbers, strings, short number
+    tuples), counters left out, under ``prefix``."""
+    settings = {}
+    for key, value in component.state_dict().items():
+        if key in _COUNTERS:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+            settings[prefix + key] = value.item() if isinstance(value, np.generic) else value
+        elif (isinstance(value, (tuple, list)) and len(value) <= 8
+              and all(isinstance(v, (int, float)) for v in value)):
+            settings[prefix + key] = list(value)
+    return settings
 
-    ``loss_fn(outputs, labels)`` -> a scalar Tensor (labels arrive as an array on ``device``).
-    ``epochs`` is the total count, resumed epochs included: resuming a run that stopped after
-    epoch 2 with ``epochs=4`` trains epochs 3 and 4.
 
-    ``resume``: True continues from ``out_dir/checkpoint.npz`` (starting afresh, with a note,
-    if there is none yet); a path continues from that file. Model, optimiser, schedule, step,
-    history and every random-number state (minidl's generator, NumPy's global one, Python's,
-    each Generator found on the model's modules or the train loader, ``generators``) are
-    restored, so the continued run is bitwise the uninterrupted one.
+def _make_recipe(optimizer, scheduler, train_loader, given):
+    """What a resumed run must share with its checkpoint: the optimiser's settings (``lr``,
+    ``momentum``...), the schedule's (``scheduler.patience``...), the loader's batch size and
+    the caller's ``given`` entries (JSON values)."""
+    recipe = {"optimizer": type(optimizer).__name__}
+    recipe.update(_settings_of(optimizer, ""))
+    recipe["scheduler"] = None if scheduler is None else type(scheduler).__name__
+    if scheduler is not None:
+        recipe.update(_settings_of(scheduler, "scheduler."))
+    batch_size = getattr(train_loader, "batch_size", None)
+    if isinstance(batch_size, (int, np.integer)):
+        recipe["batch_size"] = int(batch_size)
+    for key, value in (given or {}).items():
+        try:
+            recipe[str(key)] = json.loads(json.dumps(value))  # tuples become lists, as when loaded
+        except (TypeError, ValueError):
+            raise TypeError(f"fit: recipe[{key!r}] must be a JSON value (number, string, list...), "
+                            f"got a {type(value).__name__}") from None
+    return recipe
 
-    ``max_steps`` stops after that many optimiser steps in all (a smoke test). A stop inside an
-    epoch is checkpointed with its position; resuming skips the batches already used: through
-    ``set_epoch(epoch, batch=k)`` where the loader offers it (``minidl.data.DataLoader``),
-    else by iterating the loader up to that point (so its order must depend on the epoch only).
 
-    ``monitor`` (lower is better) decides ``best.npz``, early stopping and the argument to a
-    ``ReduceLROnPlateau``: by default the validation error of the first metric, or the
-    training loss without ``val_loader``. ``early_stopping_patience=p`` stops when it has not
-    improved for ``p`` epochs. ``scheduler`` is stepped once per epoch.
+def _normalised(value):
+    return json.loads(json.dumps(value)) if isinstance(value, (tuple, list, dict)) else value
 
-    ``progress``: a tqdm bar (only when stderr is a terminal) and a summary line per epoch.
-    """
-    _check_counts(epochs, max_steps, early_stopping_patience)
-    batches_per_epoch = _batches_per_epoch(train_loader)
-    device = backend.normalize_device(device)
-    model.to(device)
-    metric_fns = named_metrics(metrics)
-    if monitor is None:
-        monitor = _default_monitor([name for name, _ in metric_fns], val_loader is not None)
-    setup = _Setup(
-        model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
-        train_loader=train_loader, val_loader=val_loader, epochs=epochs,
-        batches_per_epoch=batches_per_epoch, max_steps=max_steps,
-        early_stopping_patience=early_stopping_patience, device=device, dtype=model.dtype,
-        metrics=metric_fns, predict=predict, monitor=monitor, val_ten_crop=val_ten_crop,
-        progress=progress, generators=minidl_random.find_generators(model, train_loader, generators),
-        files=_output_files(out_dir))
-    run = _Run()
-    if resume:
-        _resume(setup, run, resume)
-    if setup.files:
-        _write_metrics(setup.files["metrics.jsonl"], run.history)
 
-    stopped_early = False
-    while run.epoch < epochs and not stopped_early:
-        if max_steps is not None and run.step >= max_steps:
-            break
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(run.epoch)
-        lr = optimizer.lr
-        totals, complete = _train_epoch(setup, run)
-        rng_state = minidl_random.capture_state(setup.generators)  # before validation could draw
-        stopped_early = _close_epoch(setup, run, totals, complete, lr, rng_state)
-        if not complete:
-            break
-    return {"history": run.history, "best_epoch": run.best_epoch, "best": run.best,
-            "monitor": monitor, "step": run.step, "stopped_early": stopped_early}
+def _recipe_changes(saved, current):
+    missing = object()
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = _normalised(saved.get(key, missing)), _normalised(current.get(key, missing))
+        if old != new:
+            changes.append((key, None if old is missing else old, None if new is missing else new))
+    return changes
+
+
+def _describe_changes(changes):
+    return "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def _check_recipe(setup, run, saved, path):
+    """Compare the checkpoint's recipe with this run's: equal, or an error listing the changes,
+    or -- accepted -- the changes, to apply once the state is loaded."""
+    if saved.get("recipe") is None:
+        warnings.warn(f"fit(resume=True): {path} holds no recipe (an older minidl wrote it), so a "
+                      "changed learning rate, batch size or model cannot be noticed", ResumeWarning)
+        return []
+    changes = _recipe_changes(saved["recipe"], setup.recipe)
+    for key, old, new in changes:
+        if key in ("optimizer", "scheduler"):
+            raise RecipeChangedError(f"fit: cannot resume {path}: it was written with {key} {old}, "
+                                     f"this run has {new}", changes)
+    if changes and not setup.accept_changed_recipe:
+        raise RecipeChangedError(f"fit: resuming {path} with a changed recipe ({_describe_changes(changes)}); "
+                                 "resume with the checkpoint's values, or accept the new ones "
+                                 "(accept_changed_recipe=True)", changes)
+    partial = saved["run"].get("partial")
+    if partial and any(key == "batch_size" for key, _, _ in changes):
+        raise RecipeChangedError(f"fit: {path} stopped inside epoch {saved['run']['epoch'] + 1} after "
+                                 f"{partial['batches']} batches of the old size: a new batch size "
+                                 "can only start at an epoch's beginning", changes)
+    return changes
+
+
+def _apply_recipe_changes(setup, changes):
+    """Put accepted new settings into the optimiser and schedule just loaded from the
+    checkpoint. A new ``lr`` is the rate from now on (a step schedule's base rate is scaled
+    with it); the caller's own entries are already in the objects it built."""
+    optimizer, scheduler = setup.optimizer, setup.scheduler
+    for key, old, new in changes:
+        if key.startswith("scheduler."):
+            setattr(scheduler, key[len("scheduler."):], new)
+        elif key != "batch_size" and hasattr(optimizer, key):
+            if key == "lr" and scheduler is not None and getattr(scheduler, "base_lr", None) and optimizer.lr:
+                scheduler.base_lr *= new / optimizer.lr
+            setattr(optimizer, key, tuple(new) if isinstance(new, list) else new)
+    print(f"resume: using the changed recipe (accepted): {_describe_changes(changes)}")
+
+
+# -- the state a checkpoint holds -------------------------------------------------------------------
+def _capture(setup, run, rng_state, model_state, epoch):
+    """Everything a checkpoint holds, as ``checkpoint.save`` keywords (``epoch``: the index of
+    the epoch just trained, as the loader counts)."""
+    loader = setup.train_loader
+    return dict(
+        kind="minidl.train.fit", model=model_state, optimizer=setup.optimizer.state_dict(),
+        scheduler=None if setup.scheduler is None else setup.scheduler.state_dict(),
+        run=run.state_dict(), rng=rng_state, monitor=setup.monitor,
+        loader={"seed": getattr(loader, "seed", None), "epoch": epoch,
+                "state": loader.state_dict() if hasattr(loader, "state_dict") else None},
+        recipe=setup.recipe, environment=runs.environment())
+
+
+_REQUIRED = ("model", "optimizer", "scheduler", "run", "rng", "loader")
+
+
+def _restore(setup, run, saved, where):
+    """Put model, optimiser, schedule, ``run``, the random-number states and the loader back as
+    ``saved`` (a checkpoint's contents) has them; ``where`` names it in errors."""
+    try:
+        setup.model.load_state_dict(saved["model"])
+        setup.optimizer.load_state_dict(saved["optimizer"])
+    except (KeyError, ValueError) as error:
+        raise checkpoint.CheckpointError(f"checkpoint {where} does not fit this model and "
+                                         f"optimiser (another model, class count or band count?): "
+                                         f"{error}") from error
+    if setup.scheduler is not None:
+        if saved["scheduler"] is None:
+            raise ValueError(f"fit: resuming with a scheduler, but {where} was "
+                             "written by a run without one")
+        setup.scheduler.load_state_dict(saved["scheduler"])
+    run.load_state_dict(copy.deepcopy(saved["run"]))
+    minidl_random.restore_state(saved["rng"], setup.generators)
+    loader, loader_state = setup.train_loader, saved["loader"]
+    if loader_state.get("state") is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(loader_state["state"])
+    return loader_state
 
 
 def _resume(setup, run, resume):
-    """Load model, optimiser, schedule, ``run``, the random-number states and the loader's state
-    from the checkpoint ``resume`` names (True: out_dir's); a fresh start, with a note, where
-    out_dir has none yet."""
+    """Load the checkpoint ``resume`` names (True: out_dir's), after checking that this run
+    has its recipe; a fresh start, with a note, where out_dir has none yet."""
     if isinstance(resume, (str, os.PathLike)):
         path = os.fspath(resume)
         if not os.path.exists(path):
@@ -303,24 +444,179 @@ def _resume(setup, run, resume):
     if saved.get("kind") != "minidl.train.fit":
         raise checkpoint.CheckpointError(f"checkpoint {path!r} was not written by fit() "
                                          "and cannot be resumed")
-    setup.model.load_state_dict(saved["model"])
-    setup.optimizer.load_state_dict(saved["optimizer"])
-    if setup.scheduler is not None:
-        if saved["scheduler"] is None:
-            raise ValueError(f"fit: resuming with a scheduler, but {path!r} was "
-                             "written by a run without one")
-        setup.scheduler.load_state_dict(saved["scheduler"])
-    run.load_state_dict(saved["run"])
-    minidl_random.restore_state(saved["rng"], setup.generators)
-    loader, loader_state = setup.train_loader, saved["loader"]
-    if loader_state.get("state") is not None and hasattr(loader, "load_state_dict"):
-        loader.load_state_dict(loader_state["state"])
-    seed = getattr(loader, "seed", None)
+    missing = [key for key in _REQUIRED if key not in saved]
+    if missing:
+        raise checkpoint.CheckpointError(f"checkpoint {path!r} lacks {missing}: it cannot be resumed")
+    changes = _check_recipe(setup, run, saved, path)
+    loader_state = _restore(setup, run, saved, repr(path))
+    if changes:
+        _apply_recipe_changes(setup, changes)
+    seed = getattr(setup.train_loader, "seed", None)
     if loader_state.get("seed") is not None and seed != loader_state["seed"]:
         warnings.warn(f"fit(resume=True): the train loader's seed is {seed}, the checkpoint's "
                       f"{loader_state['seed']}: the batches will differ from the original run")
+    differences = runs.environment_differences(saved.get("environment") or {}, runs.environment())
+    if differences:
+        warnings.warn(f"fit(resume=True): {path} was written with other settings ({'; '.join(differences)}): "
+                      "the resumed run can differ from an uninterrupted one at the level of float "
+                      "rounding (about 1e-7), not bit for bit", ResumeWarning)
+    setup.last_checkpoint = (path, run.epoch, run.step)
     if setup.progress:
         print(f"resuming from {path}: {run.epoch} epoch(s) and {run.step} step(s) done")
+
+
+# -- stopping on a signal -------------------------------------------------------------------------
+class _GracefulStop:
+    """While active, the first SIGINT or SIGTERM only asks the loop to stop after the current
+    step (``signum`` is set); a second one raises ``TrainingInterrupted`` at once. Handlers can
+    be set only in the main thread; elsewhere, and with ``enabled=False``, nothing changes."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if self.enabled:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            raise TrainingInterrupted(f"stopped at once by a second {name}: nothing was saved after "
+                                      "the last checkpoint", signum)
+        self.signum = signum
+        print(f"\n{name}: stopping after this step and saving a checkpoint "
+              f"({'Ctrl-C' if signum == signal.SIGINT else name} again stops at once, saving nothing)",
+              file=sys.stderr, flush=True)
+
+
+def _interrupted(setup, run):
+    signum = setup.stop.signum
+    name = signal.Signals(signum).name
+    if setup.files:
+        path = setup.files["checkpoint.npz"]
+        return TrainingInterrupted(f"stopped by {name} after step {run.step}; the checkpoint {path} "
+                                   "holds every step taken: resume to go on", signum, path, run.step,
+                                   saved=True)
+    return TrainingInterrupted(f"stopped by {name} after step {run.step}; nothing was saved "
+                               "(no out_dir)", signum, None, run.step)
+
+
+# -- training ------------------------------------------------------------------------------------
+def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, scheduler=None,
+        device="cpu", out_dir=None, resume=False, max_steps=None, early_stopping_patience=None,
+        metrics=(top1, top5), predict=softmax_scores, progress=True, val_ten_crop=False, monitor=None,
+        generators=(), overwrite=False, recipe=None, accept_changed_recipe=False,
+        on_nonfinite="stop", handle_signals=True):
+    """Train ``model`` and return ``{"history", "best_epoch", "best", "monitor", "step",
+    "stopped_early"}``.
+
+    ``loss_fn(outputs, labels)`` -> a scalar Tensor (labels arrive as an array on ``device``).
+    ``epochs`` is the total count, resumed epochs included: resuming a run that stopped after
+    epoch 2 with ``epochs=4`` trains epochs 3 and 4.
+
+    ``out_dir``: the run's folder (see the module docstring), held alone for the run's life.
+    A folder that holds a run is refused unless ``resume`` or ``overwrite=True`` (which deletes
+    that run's files first).
+
+    ``resume``: True continues from ``out_dir/checkpoint.npz`` (starting afresh, with a note,
+    if there is none yet); a path continues from that file. Model, optimiser, schedule, step,
+    history and every random-number state (minidl's generator, NumPy's global one, Python's,
+    each Generator found on the model's modules or the train loader, ``generators``) are
+    restored, so the continued run is bitwise the uninterrupted one. ``recipe`` (a dict of
+    JSON values, e.g. the model variant and the class names) is added to the optimiser's and
+    schedule's settings and the batch size; resuming with a different recipe is a
+    ``RecipeChangedError`` unless ``accept_changed_recipe=True``.
+
+    ``max_steps`` stops after that many optimiser steps in all (a smoke test). A stop inside an
+    epoch is checkpointed with its position; resuming skips the batches already used: through
+    ``set_epoch(epoch, batch=k)`` where the loader offers it (``minidl.data.DataLoader``),
+    else by iterating the loader up to that point (so its order must depend on the epoch only).
+    SIGINT and SIGTERM stop the same way and then raise ``TrainingInterrupted``
+    (``handle_signals=False`` leaves the handlers alone).
+
+    ``on_nonfinite``: ``"stop"``, ``"skip"`` or ``"reduce_lr"`` (module docstring).
+
+    ``monitor`` (lower is better) decides ``best.npz``, early stopping and the argument to a
+    ``ReduceLROnPlateau``: by default the validation error of the first metric, or the
+    training loss without ``val_loader``. ``early_stopping_patience=p`` stops when it has not
+    improved for ``p`` epochs. ``scheduler`` is stepped once per epoch.
+
+    ``progress``: a tqdm bar (only when stderr is a terminal) and a summary line per epoch.
+    """
+    _check_counts(epochs, max_steps, early_stopping_patience)
+    if on_nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"fit: on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
+    if resume and overwrite:
+        raise ValueError("fit: resume and overwrite exclude each other (continue a run, or replace it)")
+    batches_per_epoch = _batches_per_epoch(train_loader)
+    device = backend.normalize_device(device)
+    model.to(device)
+    metric_fns = named_metrics(metrics)
+    if monitor is None:
+        monitor = _default_monitor([name for name, _ in metric_fns], val_loader is not None)
+    setup = _Setup(
+        model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler,
+        train_loader=train_loader, val_loader=val_loader, epochs=epochs,
+        batches_per_epoch=batches_per_epoch, max_steps=max_steps,
+        early_stopping_patience=early_stopping_patience, device=device, dtype=model.dtype,
+        metrics=metric_fns, predict=predict, monitor=monitor, val_ten_crop=val_ten_crop,
+        progress=progress, generators=minidl_random.find_generators(model, train_loader, generators),
+        files={}, parameters=list(model.parameters()),
+        recipe=_make_recipe(optimizer, scheduler, train_loader, recipe),
+        accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite)
+    folder = None
+    if out_dir is not None:
+        folder = runs.claim(out_dir, resume=bool(resume), overwrite=overwrite)
+        setup.files = folder.files
+    try:
+        with _GracefulStop(handle_signals) as stop:
+            setup.stop = stop
+            return _run(setup, resume)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _run(setup, resume):
+    """The epochs of ``fit``, once its folder is held and the signals are watched."""
+    run = _Run()
+    if resume:
+        _resume(setup, run, resume)
+    if setup.files:
+        _write_metrics(setup.files["metrics.jsonl"], run.history)
+    if setup.on_nonfinite == "reduce_lr":
+        setup.snapshot = _snapshot(setup, run, minidl_random.capture_state(setup.generators))
+    stopped_early = False
+    while run.epoch < setup.epochs and not stopped_early:
+        if setup.stop.signum is not None:
+            raise _interrupted(setup, run)
+        if setup.max_steps is not None and run.step >= setup.max_steps:
+            break
+        if hasattr(setup.train_loader, "set_epoch"):
+            setup.train_loader.set_epoch(run.epoch)
+        lr = setup.optimizer.lr
+        try:
+            totals, complete = _train_epoch(setup, run)
+        except _RollBack as roll_back:
+            _roll_back(setup, run, roll_back)
+            continue
+        rng_state = minidl_random.capture_state(setup.generators)  # before validation could draw
+        stopped_early = _close_epoch(setup, run, totals, complete, lr, rng_state)
+        if setup.stop.signum is not None:
+            raise _interrupted(setup, run)
+        if not complete:
+            break
+    return {"history": run.history, "best_epoch": run.best_epoch, "best": run.best,
+            "monitor": setup.monitor, "step": run.step, "stopped_early": stopped_early}
 
 
 def _can_start_at_batch(loader):
@@ -336,7 +632,7 @@ def _can_start_at_batch(loader):
 
 
 def _train_epoch(setup, run):
-    """One pass over the train loader (or the rest of one, after a mid-epoch stop); advances
+    """One pass over the train loader (or the rest of one, after a stop inside it); advances
     ``run.step``. Returns (sums over the epoch's images, whether the epoch finished)."""
     setup.model.train()
     loader, names = setup.train_loader, setup.metric_names
@@ -349,18 +645,25 @@ def _train_epoch(setup, run):
         first = skip
     bar = _progress_bar(setup.progress, total=setup.batches_per_epoch, initial=skip,
                         desc=f"epoch {run.epoch + 1}/{setup.epochs}")
-    complete = True
+    complete, in_a_row = True, 0
     start = time.perf_counter()
     try:
         for index, batch in enumerate(loader, start=first):
             if index < skip:
                 continue  # already trained on before the stop this run resumes from
-            if setup.max_steps is not None and run.step >= setup.max_steps:
+            if setup.stop.signum is not None or (setup.max_steps is not None
+                                                 and run.step >= setup.max_steps):
                 complete = False
                 break
-            _train_step(setup, batch, totals)
-            run.step += 1
-            if not bar.disable:
+            nonfinite = _train_step(setup, batch, totals)
+            totals["batches"] += 1
+            if nonfinite is None:
+                run.step += 1
+                in_a_row = 0
+            else:
+                in_a_row += 1
+                _on_nonfinite(setup, run, totals, nonfinite, in_a_row)
+            if not bar.disable and totals["seen"]:
                 elapsed = totals["seconds"] + time.perf_counter() - start
                 postfix = {"loss": f"{totals['loss'] / totals['seen']:.4f}"}
                 if names:
@@ -371,13 +674,17 @@ def _train_epoch(setup, run):
     finally:
         bar.close()
     totals["seconds"] += time.perf_counter() - start
-    if totals["seen"] == 0 and complete:
+    if complete and setup.stop.signum is not None:
+        complete = False  # stopped before validation: a resumed run validates this epoch
+    if totals["seen"] == 0 and complete and not totals.get("skipped"):
         raise ValueError(f"fit: the train loader yielded no batches in epoch {run.epoch + 1}")
     return totals, complete
 
 
 def _train_step(setup, batch, totals):
-    """One optimiser step on ``batch``; adds its loss and errors, weighted by its size, to ``totals``."""
+    """One optimiser step on ``batch``; adds its loss and errors, weighted by its size, to
+    ``totals``. Returns None, or -- the loss or the gradient norm being NaN or infinite --
+    (loss, squared gradient norm), and then takes no step."""
     images, labels = _split_batch(batch, "fit")
     x = Tensor(_images_to_device(images, setup.device, setup.dtype))
     y = backend.to_device(_as_raw(labels), setup.device)
@@ -385,15 +692,108 @@ def _train_step(setup, batch, totals):
     loss = setup.loss_fn(outputs, y)
     setup.optimizer.zero_grad()
     loss.backward()
+    loss_value, norm_squared = _loss_and_gradient_norm(loss, setup.parameters)
+    if not (math.isfinite(loss_value) and math.isfinite(norm_squared)):
+        setup.optimizer.zero_grad()
+        return loss_value, norm_squared
     setup.optimizer.step()
     n = int(y.shape[0])
     with no_grad():
         scores = setup.predict(outputs.data)
         for name, fn in setup.metrics:
             totals[name] += fn(scores, y) * n
-    totals["loss"] += float(loss.item()) * n
+    totals["loss"] += loss_value * n
     totals["seen"] += n
-    totals["batches"] += 1
+    return None
+
+
+def _loss_and_gradient_norm(loss, parameters):
+    """The loss and the squared norm of all gradients, read from the device in one transfer
+    (the loss had to be read anyway). A norm past the float range (about 1e19 in float32)
+    counts as infinite, which is divergence by any measure."""
+    xp = backend.array_module(loss.data)
+    norm_squared = None
+    for p in parameters:
+        g = p.grad
+        if g is None:
+            continue
+        flat = (g.data if isinstance(g, Tensor) else g).reshape(-1)
+        term = xp.dot(flat, flat)
+        norm_squared = term if norm_squared is None else norm_squared + term
+    if norm_squared is None:
+        return float(loss.item()), 0.0
+    both = backend.to_numpy(xp.stack([xp.asarray(loss.data, dtype=np.float64).reshape(()),
+                                      xp.asarray(norm_squared, dtype=np.float64)]))
+    return float(both[0]), float(both[1])
+
+
+# -- non-finite values -------------------------------------------------------------------------------
+class _RollBack(Exception):
+    """on_nonfinite="reduce_lr": go back to the last good state (raised out of the epoch)."""
+
+    def __init__(self, what):
+        super().__init__(what)
+        self.what = what
+
+
+def _last_good(setup):
+    if setup.last_checkpoint is None:
+        return ("no checkpoint has been written yet" if setup.files
+                else "nothing is saved without out_dir")
+    path, epoch, step = setup.last_checkpoint
+    return f"the last good checkpoint is {path} ({epoch} epoch(s), step {step})"
+
+
+def _on_nonfinite(setup, run, totals, values, in_a_row):
+    """What ``on_nonfinite`` says to do about the batch just refused (``totals["batches"]``-th
+    of epoch ``run.epoch + 1``)."""
+    loss_value, norm_squared = values
+    step = run.step + 1
+    what = (f"step {step} (epoch {run.epoch + 1}, batch {totals['batches']}): "
+            + (f"the loss is {loss_value}" if not math.isfinite(loss_value)
+               else f"the gradient norm is {math.sqrt(norm_squared) if norm_squared >= 0 else norm_squared}"))
+    if setup.on_nonfinite == "skip" and in_a_row < SKIPS_IN_A_ROW:
+        totals["skipped"] = totals.get("skipped", 0) + 1
+        print(f"fit: {what}; batch skipped", file=sys.stderr, flush=True)
+        return
+    if setup.on_nonfinite == "reduce_lr" and setup.lr_reductions < LR_REDUCTIONS:
+        raise _RollBack(what)
+    if setup.on_nonfinite == "skip":
+        what += f", the {SKIPS_IN_A_ROW}th non-finite batch in a row"
+    elif setup.on_nonfinite == "reduce_lr":
+        what += f", after {LR_REDUCTIONS} reductions of the learning rate"
+    last = setup.last_checkpoint[0] if setup.last_checkpoint else None
+    raise DivergenceError(f"training diverged at {what}; stopped without saving these weights; "
+                          f"{_last_good(setup)}. Resume from it with a lower learning rate, or "
+                          "choose on_nonfinite='skip' or 'reduce_lr'", step=step, checkpoint=last)
+
+
+def _snapshot(setup, run, rng_state):
+    """A copy of what a checkpoint would hold now, kept in memory to go back to."""
+    state = _capture(setup, run, rng_state, setup.model.state_dict(), run.epoch)
+    state.pop("environment")
+    return {key: value if key == "model" else copy.deepcopy(value) for key, value in state.items()}
+
+
+def _roll_back(setup, run, roll_back):
+    """Back to the snapshot, with the learning rate divided by 10."""
+    _restore(setup, run, setup.snapshot, "the last good state")
+    old = setup.optimizer.lr
+    setup.optimizer.lr = old * LR_FACTOR
+    setup.lr_reductions += 1
+    print(f"fit: {roll_back.what}; went back to the state after step {run.step} and divided the "
+          f"learning rate by {1 / LR_FACTOR:g}: {old:.3g} -> {setup.optimizer.lr:.3g} "
+          f"({setup.lr_reductions} of at most {LR_REDUCTIONS})", file=sys.stderr, flush=True)
+
+
+def _finite_state(state):
+    return all(np.isfinite(value).all() for value in state.values()
+               if isinstance(value, np.ndarray) and value.dtype.kind in "fc")
+
+
+def _finite_record(record):
+    return all(math.isfinite(record[key]) for key in ("train_loss", "val_loss")
+               if isinstance(record.get(key), float))
 
 
 # -- the end of an epoch -------------------------------------------------------------------------
@@ -409,6 +809,13 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
         record["val_loss"] = None
         record.update({f"val_{name}": None for name in names})
     record.update(lr=lr, images_per_s=totals["seen"] / max(totals["seconds"], 1e-9))
+    if totals.get("skipped"):
+        record["skipped_batches"] = totals["skipped"]
+    model_state = setup.model.state_dict()
+    if not _finite_state(model_state):
+        raise DivergenceError(f"the weights are not finite after step {run.step} (epoch {epoch + 1}); "
+                              f"they were not saved; {_last_good(setup)}", step=run.step,
+                              checkpoint=setup.last_checkpoint[0] if setup.last_checkpoint else None)
     stopped_early = False
     if complete:
         run.partial = None
@@ -421,11 +828,11 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
         record["seconds"] = totals["seconds"] + record.get("val_seconds", 0.0)
         run.history.append(record)
         value = _monitored_value(setup.monitor, record)
-        if math.isfinite(value) and (run.best is None or value < run.best):
+        if math.isfinite(value) and _finite_record(record) and (run.best is None or value < run.best):
             run.best, run.best_epoch, run.bad_epochs = value, epoch + 1, 0
             if setup.files:
                 checkpoint.save(setup.files["best.npz"], kind="minidl.train.best",
-                                model=setup.model.state_dict(), epoch=epoch + 1,
+                                model=model_state, epoch=epoch + 1,
                                 monitor=setup.monitor, value=value, record=record)
         else:
             run.bad_epochs += 1
@@ -442,7 +849,9 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
         record["seconds"] = totals["seconds"]
         run.partial = totals
     if setup.files:
-        _save_epoch(setup, run, record, epoch, rng_state)
+        _save_epoch(setup, run, record, _capture(setup, run, rng_state, model_state, epoch))
+    if setup.on_nonfinite == "reduce_lr":
+        setup.snapshot = _snapshot(setup, run, rng_state)
     if setup.progress:
         print(_format_record(record, setup.epochs, names))
         if stopped_early:
@@ -458,17 +867,12 @@ def _monitored_value(monitor, record):
     return float(record[monitor])
 
 
-def _save_epoch(setup, run, record, epoch, rng_state):
-    """checkpoint.npz (``rng_state`` as it was before validation), the record's line in
-    metrics.jsonl, and curves.png redrawn."""
-    files, loader, names = setup.files, setup.train_loader, setup.metric_names
-    checkpoint.save(
-        files["checkpoint.npz"], kind="minidl.train.fit", model=setup.model.state_dict(),
-        optimizer=setup.optimizer.state_dict(),
-        scheduler=None if setup.scheduler is None else setup.scheduler.state_dict(),
-        run=run.state_dict(), rng=rng_state, monitor=setup.monitor,
-        loader={"seed": getattr(loader, "seed", None), "epoch": epoch,
-                "state": loader.state_dict() if hasattr(loader, "state_dict") else None})
+def _save_epoch(setup, run, record, state):
+    """checkpoint.npz (``state``, its random-number states as they were before validation), the
+    record's line in metrics.jsonl, and curves.png redrawn."""
+    files, names = setup.files, setup.metric_names
+    checkpoint.save(files["checkpoint.npz"], **state)
+    setup.last_checkpoint = (files["checkpoint.npz"], run.epoch, run.step)
     _append_metrics(files["metrics.jsonl"], record)
     plot_curves(run.history, files["curves.png"], error_key=names[0] if names else None,
                 extra_error_key=names[1] if len(names) > 1 else None)
@@ -481,18 +885,25 @@ def _json_safe(record):
 
 
 def _write_metrics(path, history):
-    """Rewrite metrics.jsonl from ``history`` (atomically: a resumed run drops lines written
-    after the checkpoint it resumes from)."""
-    temp = path + ".tmp"
-    with open(temp, "w") as f:
-        for record in history:
-            f.write(json.dumps(_json_safe(record)) + "\n")
-    os.replace(temp, path)
+    """Rewrite metrics.jsonl from ``history``, atomically (a resumed run drops lines written
+    after the checkpoint it resumes from): through an exclusively created temporary with a
+    random name, so a link planted in the folder cannot redirect it."""
+    text = "".join(json.dumps(_json_safe(record)) + "\n" for record in history)
+    checkpoint.write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _append_metrics(path, record):
-    with open(path, "a") as f:
-        f.write(json.dumps(_json_safe(record)) + "\n")
+    """One line, written with one call in append mode, never through a symbolic link."""
+    line = (json.dumps(_json_safe(record)) + "\n").encode("utf-8")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise checkpoint.SaveError(path, error) from error
 
 
 def _format_record(record, epochs, metric_names):
@@ -507,5 +918,7 @@ def _format_record(record, epochs, metric_names):
         else:
             parts.append("| val")
         parts += [f"{m} {100 * record[f'val_{m}']:.2f}%" for m in metric_names]
+    if record.get("skipped_batches"):
+        parts.append(f"| {record['skipped_batches']} non-finite batch(es) skipped")
     parts.append(f"| lr {record['lr']:.3g}, {record['images_per_s']:.0f} img/s, {record['seconds']:.1f} s")
     return "  ".join(parts)
