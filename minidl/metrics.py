@@ -10,6 +10,7 @@ graph.
 import numpy as np
 
 from . import backend, ops
+from .ops.checks import class_labels
 from .tensor import no_grad
 
 
@@ -32,13 +33,15 @@ def identity(outputs):
 
 
 # -- errors --------------------------------------------------------------------------------------
-def _class_labels(labels, scores):
-    """Integer class labels from int labels (N,) or one-hot / multi-hot labels (N, C)."""
+def _class_labels(labels, scores, metric="metrics"):
+    """Integer class labels from int labels (N,) -- each checked to lie in [0, C) -- or one-hot /
+    multi-hot labels (N, C)."""
     if labels.ndim == 2:
         return labels.argmax(axis=1)
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError(f"metrics: labels of shape {tuple(labels.shape)} do not match scores of "
+        raise ValueError(f"{metric}: labels of shape {tuple(labels.shape)} do not match scores of "
                          f"shape {tuple(scores.shape)}; expected (N,) class indices or (N, C)")
+    class_labels(metric, labels, scores.shape[0], scores.shape[1])
     return labels.astype(np.int64, copy=False)
 
 
@@ -53,7 +56,7 @@ def topk_error(scores, labels, k):
     if scores.ndim != 2:
         raise ValueError(f"topk_error: scores must be (N, C), got shape {tuple(scores.shape)}")
     n, c = scores.shape
-    labels = _class_labels(labels, scores)
+    labels = _class_labels(labels, scores, f"top-{k} error")
     if n == 0:
         return 0.0
     true = scores[xp.arange(n), labels][:, None]
@@ -80,6 +83,7 @@ def binary_error(scores, labels, threshold=0.5):
     """
     xp = backend.array_module(scores)
     if labels.ndim == 1:
+        class_labels("binary_error", labels, scores.shape[0], scores.shape[1])
         labels = xp.arange(scores.shape[1])[None, :] == labels[:, None]
     if labels.shape != scores.shape:
         raise ValueError(f"binary_error: labels of shape {tuple(labels.shape)} do not match "
@@ -112,17 +116,24 @@ def named_metrics(metrics):
 
 # -- labels for losses that want 0/1 targets ----------------------------------------------------
 def one_hot(labels, num_classes, dtype=np.float32):
-    """Class indices (N,) -> 0/1 rows (N, num_classes), on the labels' device."""
+    """Class indices (N,) -> 0/1 rows (N, num_classes), on the labels' device. Each label must
+    be an integer in [0, num_classes): an index outside would give an all-zero row, which a
+    loss takes for "none of the classes" without a word."""
+    class_labels("one_hot", labels, labels.shape[0] if labels.ndim else -1, num_classes)
     xp = backend.array_module(labels)
     return (xp.arange(num_classes)[None, :] == labels[:, None]).astype(dtype)
 
 
 def with_one_hot(loss_fn):
     """Wrap a loss that wants 0/1 targets (``ops.binary_cross_entropy_with_logits``) so it takes
-    the class indices a loader yields: EuroNet's sigmoid outputs are trained this way."""
+    the class indices a loader yields: EuroNet's sigmoid outputs are trained this way. The
+    labels are checked first: integers, one per row of outputs, each in [0, C)."""
+    name = f"{getattr(loss_fn, '__name__', 'loss')}_one_hot"
+
     def loss(outputs, labels):
         if labels.ndim == 1:
+            class_labels(name, labels, outputs.shape[0], outputs.shape[1])
             labels = one_hot(labels, outputs.shape[1], outputs.dtype)
         return loss_fn(outputs, labels)
-    loss.__name__ = f"{getattr(loss_fn, '__name__', 'loss')}_one_hot"
+    loss.__name__ = name
     return loss
