@@ -74,7 +74,8 @@ def test_undecodable_file_skipped_with_warning_and_counted(tmp_path):
     assert images.shape == (3, 3, 30, 40) and labels.tolist() == [0, 0, 1]
     assert sorted(p.split("/")[-1] for p, _ in ds.skipped) == ["bad.JPEG", "truncated.JPEG"]
     report = ds.report()
-    assert "2 undecodable file(s) skipped" in report and "bad.JPEG" in report
+    assert "5 files in 2 classes, 3 used, 2 skipped (2 cannot decode)" in report and "bad.JPEG" in report
+    assert "no class left empty" in report and "checked as they are read" in report
     # The second epoch does not warn again, and still leaves them out.
     with warnings.catch_warnings():
         warnings.simplefilter("error")

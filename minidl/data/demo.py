@@ -2,10 +2,23 @@
 
 Both are written once into a folder and reused afterwards: the folder gets a
 ``.minidl-demo.json`` marker with the generator's parameters. A call with the same parameters
-announces and reuses the folder; different parameters regenerate it (a folder carrying the
-marker was made by this module, so it is safe to replace); a non-empty folder *without* the
-marker is never touched (FileExistsError). Generation writes into a temporary sibling folder
-and renames it at the end, so an interrupted run leaves no half-written dataset behind.
+announces and reuses the folder. Generation writes into a temporary sibling folder
+(``.<name>.partial-<pid>``) and renames it at the end, so an interrupted run leaves no
+half-written dataset behind; a temporary folder left by a killed run is deleted, and named, by
+the next generation.
+
+What is never lost or changed under someone:
+
+* A non-empty folder *without* the marker is never touched (FileExistsError).
+* Different parameters regenerate the folder only if it holds nothing but the files the
+  generator wrote; a file someone added (notes, results) makes it refuse, naming the file,
+  and then nothing is deleted. Regeneration deletes those files one by one, never the folder
+  wholesale.
+* A process that uses a demo folder holds a shared lock on it (``flock`` on
+  ``.<name>.lock`` beside it) until it exits; regenerating needs the lock alone, so a run
+  training on the folder never sees its files change -- the other process is refused and told
+  to use another folder. Two processes asking for the same new folder take turns: the second
+  waits, then reuses what the first wrote.
 
 * ``make_demo_imagenet``: ``root/train/<class>/*.JPEG`` and ``root/val/<class>/*.JPEG`` (the
   usual re-organised ILSVRC layout), 256x256 RGB. The class is the *shape* of the pattern --
@@ -21,6 +34,7 @@ and renames it at the end, so an interrupted run leaves no half-written dataset 
 """
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -30,7 +44,13 @@ from PIL import Image
 
 from .eurosat import EUROSAT_CLASSES, FILE_BAND_ORDER, NATURAL_BAND_ORDER
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, the rest still holds
+    fcntl = None
+
 MARKER = ".minidl-demo.json"
+_held = {}  # lock file path -> open file descriptor, kept (shared) until the process exits
 
 
 def default_root(name):
@@ -47,37 +67,121 @@ def _announce(message, verbose):
         print(f"minidl.data: {message}", file=sys.stderr, flush=True)
 
 
-def _write_once(root, params, write, verbose):
-    """Run ``write(tmp_folder)`` unless ``root`` already holds this exact demo dataset."""
-    root = Path(root)
-    marker = root / MARKER
-    if marker.is_file():
+class DemoFolderBusy(RuntimeError):
+    """Another process is using the demo folder that would have to be regenerated."""
+
+
+def _lock(root, exclusive, wait):
+    """Hold ``.<name>.lock`` beside ``root``: shared (using the data) or exclusive (writing it).
+    The descriptor stays open for the life of the process, so the shared hold lasts as long as
+    the process may read the files. Returns False where an exclusive hold is refused."""
+    if fcntl is None:
+        return True
+    path = str(root.parent / f".{root.name}.lock")
+    fd = _held.get(path)
+    if fd is None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = _held[path] = os.open(path, flags, 0o644)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a refused upgrade may have dropped the shared hold
+        return False
+    except OSError:  # a file system without flock
+        return True
+    return True
+
+
+def _files_under(root):
+    """Every file and link below ``root`` (relative paths, as strings), folders left out."""
+    found = set()
+    for folder, folders, files in os.walk(root):
+        for name in files + [d for d in folders if os.path.islink(os.path.join(folder, d))]:
+            found.add(os.path.relpath(os.path.join(folder, name), root))
+    return found
+
+
+def _remove_generated(root, expected):
+    """Delete the generator's files listed in ``expected`` and the folders they leave empty;
+    refuse (deleting nothing) if ``root`` holds anything else."""
+    foreign = sorted(_files_under(root) - set(expected) - {MARKER})
+    if foreign:
+        raise FileExistsError(f"{root} holds a demo dataset made with other parameters, and also "
+                              f"{len(foreign)} file(s) the generator did not write ("
+                              f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); "
+                              "nothing was deleted: move them, or pass another folder")
+    for name in sorted(expected) + [MARKER]:
         try:
-            existing = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            existing = None
-        if existing == params:
+            os.unlink(root / name)
+        except FileNotFoundError:
+            pass
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        os.rmdir(folder)  # empty now; a file that appeared meanwhile makes this fail, loudly
+
+
+def _remove_stale_partials(root, verbose):
+    """Delete temporary folders of generations that were killed (called holding the lock
+    alone, so none of them is being written)."""
+    pattern = re.compile(r"^\." + re.escape(root.name) + r"\.partial-\d+$")
+    for entry in root.parent.iterdir():
+        if pattern.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            _announce(f"deleted {entry}, left by a demo generation that was killed", verbose)
+
+
+def _read_marker(root):
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_once(root, params, write, expected_files, verbose):
+    """Run ``write(tmp_folder)`` unless ``root`` already holds this exact demo dataset; see the
+    module docstring for what is never deleted or changed. ``expected_files(params)`` lists the
+    files (relative paths) a generation with ``params`` writes."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if not _lock(root, exclusive=False, wait=True):  # waits while another process writes it
+        raise DemoFolderBusy(f"cannot lock {root}")
+    if (root / MARKER).is_file() and _read_marker(root) == params:
+        _announce(f"using the cached demo {params['dataset']} dataset in {root}", verbose)
+        return root, False
+    if not _lock(root, exclusive=True, wait=False):
+        raise DemoFolderBusy(f"{root} is in use by another process, and it holds a demo dataset made "
+                             f"with other parameters ({_read_marker(root)}); pass another folder "
+                             "(--demo-dir) or wait for that process to end")
+    try:
+        existing = _read_marker(root) if (root / MARKER).is_file() else None
+        if existing == params:  # written by another process while we waited
             _announce(f"using the cached demo {params['dataset']} dataset in {root}", verbose)
             return root, False
-        _announce(f"{root} holds a demo dataset made with other parameters; regenerating it", verbose)
-    elif root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not a minidl demo dataset (no {MARKER}); "
-                              "pass an empty or new folder")
-    _announce(f"writing a demo {params['dataset']} dataset to {root} (once; later calls reuse it)", verbose)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        (tmp / MARKER).write_text(json.dumps(params, indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if root.exists():
-        shutil.rmtree(root)  # empty, or a demo dataset of ours with other parameters
-    os.replace(tmp, root)
+        if existing is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise FileExistsError(f"{root} exists and is not a minidl demo dataset (no {MARKER}); "
+                                  "pass an empty or new folder")
+        _remove_stale_partials(root, verbose)
+        _announce(f"writing a demo {params['dataset']} dataset to {root} (once; later calls reuse it)", verbose)
+        tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+        tmp.mkdir()
+        try:
+            write(tmp)
+            (tmp / MARKER).write_text(json.dumps(params, indent=1))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if existing is not None:
+            _announce(f"{root} held a demo dataset made with other parameters; replacing its files", verbose)
+            try:
+                _remove_generated(root, expected_files(existing))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        elif root.exists():
+            root.rmdir()  # empty
+        os.replace(tmp, root)
+    finally:
+        _lock(root, exclusive=False, wait=True)  # back to the shared hold of a user of the data
     return root, True
 
 
@@ -207,8 +311,18 @@ def make_demo_imagenet(root=None, num_classes=4, train_per_class=100, val_per_cl
                     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c, split == "val", k)))
                     Image.fromarray(demo_imagenet_image(name, rng, size)).save(out / f"{stem}_{k}.JPEG", quality=90)
 
-    root, _ = _write_once(root, params, write, verbose)
+    root, _ = _write_once(root, params, write, _imagenet_files, verbose)
     return root
+
+
+def _imagenet_files(params):
+    """The files ``make_demo_imagenet`` writes with ``params`` (relative paths)."""
+    names = list(DEMO_IMAGENET_CLASSES)[:params["num_classes"]]
+    return {os.path.join(split, name, f"{stem}_{k}.JPEG")
+            for name in names
+            for split, count, stem in (("train", params["train_per_class"], name),
+                                       ("val", params["val_per_class"], "val"))
+            for k in range(1, count + 1)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,5 +474,11 @@ def make_demo_eurosat(root=None, per_class=100, seed=0, classes=EUROSAT_CLASSES,
                 tifffile.imwrite(folder / name / f"{name}_{k}.tif", demo_eurosat_image(name, rng, size),
                                  photometric="minisblack", planarconfig="contig")
 
-    root, _ = _write_once(root, params, write, verbose)
+    root, _ = _write_once(root, params, write, _eurosat_files, verbose)
     return root
+
+
+def _eurosat_files(params):
+    """The files ``make_demo_eurosat`` writes with ``params`` (relative paths)."""
+    return {os.path.join(name, f"{name}_{k}.tif")
+            for name in params["classes"] for k in range(1, params["per_class"] + 1)}

@@ -5,13 +5,17 @@ get the usual indices 0..999. Files inside a class folder are taken in natural o
 (``x_2`` before ``x_10``). Hidden entries (names starting with ".") are ignored.
 
 Files are decoded when a sample is requested, in the DataLoader's worker threads. A file that
-cannot be decoded does not stop training: the first time it fails the dataset warns
-(``SkippedFileWarning``, naming the file and the reason), records it in ``dataset.skipped``, and
-raises ``SkippedSample``, which the DataLoader answers by leaving that sample out of its batch.
-``dataset.report()`` summarises what was skipped. ``check_files=True`` decodes every file once
-when the dataset is built and drops the bad ones up front (thorough, but it reads the whole
-dataset: fine for thousands of files, slow for ImageNet's 1.28 million).
+cannot be decoded -- or decodes to something unusable: a thin strip that resizing would blow up
+(``transforms.ImageTooLarge``), the wrong shape or type, non-finite pixels (``BadImage``) --
+does not stop training: the first time it fails the dataset warns (``SkippedFileWarning``,
+naming the file and the reason), records it in ``dataset.skipped``, and raises
+``SkippedSample``, which the DataLoader answers by leaving that sample out of its batch.
+``dataset.summary()`` is one line of counts (files used, skipped by reason, classes left with
+no usable file); ``dataset.report()`` adds every skipped file. ``check_files=True`` decodes
+every file once when the dataset is built and drops the bad ones up front (thorough, but it
+reads the whole dataset: fine for thousands of files, slow for ImageNet's 1.28 million).
 """
+import collections
 import os
 import re
 import threading
@@ -22,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .loader import SkippedSample, sample_rng
-from .transforms import to_array
+from .transforms import BadImage, eight_bit, to_array
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
@@ -52,12 +56,16 @@ class FolderDataset:
         self.root = Path(root)
         self.transform = transform
         self.skipped = []  # [(path, reason)] for files that could not be decoded
+        self.skip_counts = collections.Counter()  # reason ("cannot decode", "too large"...) -> files
         self._skipped_paths = set()
+        self._skipped_per_class = collections.Counter()
         self._lock = threading.Lock()
         self.classes, self.samples = self._scan(self.root)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.files_per_class = np.bincount(self.targets, minlength=len(self.classes))
+        self.checked = False  # has every file been decoded once (check_files, check_all)?
         if check_files:
-            self._check_all()
+            self.check_all()
 
     # -- scanning -------------------------------------------------------------------------
     def _scan(self, root):
@@ -79,26 +87,35 @@ class FolderDataset:
             samples.extend((str(folder / f), label) for f in files)
         return classes, samples
 
-    def _check_all(self):
+    def check_all(self):
+        """Decode (and transform) every file now; the unusable ones are recorded, named, and
+        left out of ``samples``."""
         kept = []
-        for path, label in self.samples:
+        for index, (path, label) in enumerate(self.samples):
             try:
-                self.decode(path)
-            except DECODE_ERRORS as error:
-                self._skip(path, error)
+                self._load(path, label, sample_rng(0, 0, index))
+            except SkippedSample:
                 continue
             kept.append((path, label))
         self.samples = kept
+        self.checked = True
 
-    def _skip(self, path, error):
+    def _skip(self, path, error, label=None):
         """Record and warn, once per file. Returns False if it had already been recorded."""
+        if isinstance(error, BadImage):
+            kind, reason, text = error.kind, str(error), str(error)
+        else:
+            kind, reason = "cannot decode", f"{type(error).__name__}: {error}"
+            text = f"cannot decode it ({reason})"
         with self._lock:
             if path in self._skipped_paths:
                 return False
             self._skipped_paths.add(path)
-            reason = f"{type(error).__name__}: {error}"
             self.skipped.append((path, reason))
-        warnings.warn(f"{self.name}: skipping {path}: cannot decode it ({reason})", SkippedFileWarning, stacklevel=3)
+            self.skip_counts[kind] += 1
+            if label is not None:
+                self._skipped_per_class[label] += 1
+        warnings.warn(f"{self.name}: skipping {path}: {text}", SkippedFileWarning, stacklevel=3)
         return True
 
     # -- access ---------------------------------------------------------------------------
@@ -117,18 +134,25 @@ class FolderDataset:
     def get(self, index, rng):
         """Sample ``index`` as (CHW float32 array, label), transformed with generator ``rng``.
 
-        Raises ``SkippedSample`` if the file cannot be decoded (after warning once)."""
+        Raises ``SkippedSample`` if the file cannot be decoded or used (after warning once)."""
         path, label = self.samples[index]
+        return self._load(path, label, rng), label
+
+    def _load(self, path, label, rng):
         try:
             image = self.decode(path)
-        except DECODE_ERRORS as error:
-            self._skip(path, error)
+        except (BadImage,) + DECODE_ERRORS as error:
+            self._skip(path, error, label)
             raise SkippedSample(path) from error
         if self.transform is not None:
-            image = self.transform(image, rng)
+            try:
+                image = self.transform(image, rng)
+            except BadImage as error:  # only this: a transform's other errors are wrong settings
+                self._skip(path, error, label)
+                raise SkippedSample(path) from error
         if isinstance(image, Image.Image):
             image = to_array(image)
-        return image, label
+        return image
 
     def __getitem__(self, index):
         """``get(index, rng)`` with a fixed generator per index (epoch 0 of seed 0)."""
@@ -140,10 +164,28 @@ class FolderDataset:
     def class_counts(self):
         return np.bincount(self.targets, minlength=len(self.classes))
 
+    def empty_classes(self):
+        """The classes all of whose files were skipped so far."""
+        return [name for label, name in enumerate(self.classes)
+                if self._skipped_per_class[label] >= self.files_per_class[label]]
+
+    def summary(self):
+        """One line: files found, used and skipped by reason, classes left with no usable file,
+        and whether every file has been checked yet."""
+        found = int(self.files_per_class.sum())
+        skipped = len(self.skipped)
+        reasons = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skip_counts.items()))
+        text = (f"{self.name} {self.root}: {found} files in {len(self.classes)} classes, "
+                f"{found - skipped} used, {skipped} skipped" + (f" ({reasons})" if reasons else ""))
+        empty = self.empty_classes()
+        text += f"; classes left with no usable file: {', '.join(empty)}" if empty else "; no class left empty"
+        if not self.checked:
+            text += " (files are checked as they are read: these are the counts so far)"
+        return text
+
     def report(self):
-        """A short text: how many files and classes, and every file skipped so far, with why."""
-        lines = [f"{self.name} {self.root}: {len(self)} files in {len(self.classes)} classes; "
-                 f"{len(self.skipped)} undecodable file(s) skipped"]
+        """``summary()`` and every file skipped so far, with why."""
+        lines = [self.summary()]
         lines += [f"  skipped {path} ({reason})" for path, reason in self.skipped]
         return "\n".join(lines)
 
@@ -170,5 +212,13 @@ class ImageFolder(FolderDataset):
         super().__init__(root, transform, check_files)
 
     def decode(self, path):
-        with Image.open(path) as image:
-            return image.convert("RGB")  # convert() also forces the full decode inside the `with`
+        return open_rgb(path)
+
+
+def open_rgb(path):
+    """The image at ``path`` as 8-bit RGB: 16-bit grayscale scaled (``eight_bit``), palette,
+    CMYK, grayscale and alpha images converted. ``convert`` also forces the full decode inside
+    the ``with``, so a truncated file fails here."""
+    with Image.open(path) as image:
+        return eight_bit(image).convert("RGB")
+

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from .transforms import mask_nonfinite
+
 
 class SkippedSample(Exception):
     """Raised by a dataset for a sample it cannot produce (an undecodable file). The dataset has
@@ -42,15 +44,54 @@ def load_sample(dataset, index, rng):
     return dataset[index]
 
 
-class ArrayDataset:
-    """In-memory samples: ``images`` (N, C, H, W) and ``labels`` (N,), with an optional transform."""
+def class_indices(labels, num_classes=None, owner="labels"):
+    """``labels`` as int64 class indices, refusing what would be silently wrong: fractions
+    (0.7 would become 0), negative values (-1 would index the last class), and values not below
+    ``num_classes`` where it is given. Whole floats (2.0) are accepted."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            bad = np.flatnonzero(~whole)
+            raise ValueError(f"{owner}: labels must be whole class indices; got {labels[bad[0]]} at "
+                             f"position {bad[0]} ({len(bad)} such label(s))")
+    elif labels.dtype.kind not in "iub":
+        raise TypeError(f"{owner}: labels must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"{owner}: labels must be >= 0, got {labels.min()} at position {labels.argmin()}")
+    if num_classes is not None and labels.size and labels.max() >= num_classes:
+        raise ValueError(f"{owner}: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                         f"got {labels.max()} at position {labels.argmax()}")
+    return labels
 
-    def __init__(self, images, labels, transform=None):
+
+class ArrayDataset:
+    """In-memory samples: ``images`` (N, C, H, W) and ``labels`` (N,), with an optional transform.
+
+    Labels are checked (``class_indices``: whole, >= 0, below ``num_classes`` if given), and so
+    are float images: NaN or infinite pixels are refused, naming the samples, or with
+    ``nonfinite="mask"`` replaced by the mean of the finite values of their channel.
+    """
+
+    def __init__(self, images, labels, transform=None, num_classes=None, nonfinite="refuse"):
         self.images = np.asarray(images)
-        self.targets = np.asarray(labels, dtype=np.int64)
+        self.targets = class_indices(labels, num_classes, "ArrayDataset")
         if self.images.ndim != 4 or self.targets.shape != (self.images.shape[0],):
             raise ValueError(f"ArrayDataset: expected images (N, C, H, W) and labels (N,), got "
                              f"{self.images.shape} and {self.targets.shape}")
+        if nonfinite not in ("refuse", "mask"):
+            raise ValueError(f"ArrayDataset: nonfinite must be 'refuse' or 'mask', got {nonfinite!r}")
+        if self.images.dtype.kind in "fc":
+            bad = np.flatnonzero(~np.isfinite(self.images).reshape(len(self.images), -1).all(axis=1))
+            if len(bad) and nonfinite == "refuse":
+                raise ValueError(f"ArrayDataset: {len(bad)} image(s) hold NaN or infinite values, "
+                                 f"e.g. sample(s) {bad[:5].tolist()}; pass nonfinite='mask' to replace "
+                                 "them with their channel's mean")
+            if len(bad):
+                self.images = self.images.copy()
+                for i in bad:
+                    self.images[i] = mask_nonfinite(self.images[i])[0]
         self.transform = transform
 
     def __len__(self):
@@ -107,9 +148,29 @@ class Subset:
 
 def collate(samples):
     """[(image, label), ...] -> (images float32 (N, ...), labels int64 (N,))."""
-    images = np.stack([np.asarray(image) for image, _ in samples]).astype(np.float32, copy=False)
+    arrays = [np.asarray(image) for image, _ in samples]
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) > 1:
+        raise ValueError(f"collate: the samples of a batch must have one shape, got "
+                         f"{_shape_counts(shapes)}")
+    images = np.stack(arrays).astype(np.float32, copy=False)
     labels = np.asarray([label for _, label in samples], dtype=np.int64)
     return images, labels
+
+
+def _shape_counts(shapes):
+    counts = collections.Counter(shapes)
+    return ", ".join(f"{shape} x {n}" for shape, n in counts.most_common())
+
+
+def _describe(dataset, index):
+    """The file behind sample ``index`` where the dataset knows one, else its index."""
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, int(dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and 0 <= index < len(samples):
+        return str(samples[index][0])
+    return f"sample {index}"
 
 
 class DataLoader:
@@ -191,9 +252,21 @@ class DataLoader:
         except SkippedSample:
             return None
 
-    def _collate(self, samples):
-        samples = [s for s in samples if s is not None]
-        return self.collate_fn(samples) if samples else None
+    def _collate(self, samples, indices=None):
+        kept = [(s, i) for s, i in zip(samples, indices if indices is not None else range(len(samples)))
+                if s is not None]
+        if not kept:
+            return None
+        try:
+            return self.collate_fn([s for s, _ in kept])
+        except ValueError as error:
+            shapes = [np.shape(s[0]) for s, _ in kept]
+            common = collections.Counter(shapes).most_common(1)[0][0]
+            odd = [_describe(self.dataset, int(i)) + f" {shape}" for (_, i), shape in zip(kept, shapes)
+                   if shape != common]
+            if not odd or indices is None:
+                raise
+            raise ValueError(f"{error}; the odd one(s) out: {', '.join(odd[:5])} (most are {common})") from None
 
     def __iter__(self):
         epoch, start = self.epoch, self._start_batch
@@ -210,7 +283,7 @@ class DataLoader:
         self.epoch, self._position = epoch + 1, 0
 
     def _load_batch(self, indices, epoch):
-        return self._collate([self._load(i, epoch) for i in indices])
+        return self._collate([self._load(i, epoch) for i in indices], indices)
 
     def _iter_threaded(self, epoch, batches, start):
         # One task per batch: a worker decodes, transforms and stacks a whole batch, so even the

@@ -31,6 +31,50 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
+# ResizeShorter refuses to make an image larger than this: 256 x 65,536 pixels, an aspect
+# ratio of 256:1 at AlexNet's size. A 60 kB 20000x1 PNG would otherwise become 5,120,000x256.
+MAX_RESIZED_PIXELS = 1 << 24
+
+
+class BadImage(ValueError):
+    """An image that decoded but cannot be used (too large, wrong shape or type, non-finite
+    pixels). A dataset skips the file, naming it; ``kind`` is the reason in its counts."""
+
+    kind = "unusable"
+
+    def __init__(self, message, kind=None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class ImageTooLarge(BadImage):
+    kind = "too large"
+
+
+def eight_bit(image):
+    """A Pillow image with 8 bits per channel: 16-bit and 32-bit grayscale ("I;16", "I") are
+    scaled from 0..65535 to 0..255 -- ``convert("L")`` would clip them at 255, turning a
+    16-bit picture almost entirely white. Other images are returned as they are."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L")
+    return image
+
+
+def mask_nonfinite(image):
+    """Replace each NaN or infinite value of a CHW float array with the mean of the finite
+    values of its channel (0 where a channel has none). Returns (array, number replaced)."""
+    finite = np.isfinite(image)
+    count = int(image.size - np.count_nonzero(finite))
+    if count == 0:
+        return image, 0
+    image = image.copy()
+    for channel, ok in zip(image, finite):
+        channel[~ok] = channel[ok].mean() if ok.any() else 0.0
+    return image, count
+
 
 def _is_pil(image):
     return isinstance(image, Image.Image)
@@ -77,6 +121,7 @@ def to_array(image):
     Arrays are returned as float32 unchanged otherwise (their layout must already be CHW).
     """
     if _is_pil(image):
+        image = eight_bit(image)
         if image.mode not in ("L", "RGB", "RGBA"):
             image = image.convert("RGB")
         hwc = np.asarray(image, dtype=np.float32)
@@ -118,11 +163,14 @@ class ResizeShorter:
     The longer side becomes ``round(longer * size / shorter)``. Pillow's bilinear filter widens
     its support when shrinking, so downscaling is antialiased. CHW arrays are resized channel
     by channel (any number of channels, any float or integer dtype; the result is float32).
+    A result above ``max_pixels`` (a thin strip enlarged) raises ``ImageTooLarge`` before any
+    memory is taken; a dataset skips that file, naming it.
     """
 
-    def __init__(self, size, resample=Image.Resampling.BILINEAR):
+    def __init__(self, size, resample=Image.Resampling.BILINEAR, max_pixels=MAX_RESIZED_PIXELS):
         self.size = int(size)
         self.resample = resample
+        self.max_pixels = int(max_pixels)
 
     def output_size(self, height, width):
         if height <= width:
@@ -134,6 +182,10 @@ class ResizeShorter:
         new_h, new_w = self.output_size(height, width)
         if (new_h, new_w) == (height, width):
             return image
+        if new_h * new_w > self.max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels would become {new_w}x{new_h} with the shorter "
+                                f"side at {self.size}: {new_w * new_h:,} pixels, above the limit of "
+                                f"{self.max_pixels:,}")
         if _is_pil(image):
             return image.resize((new_w, new_h), self.resample)
         channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32))
@@ -362,7 +414,7 @@ def _pixel_moments(images, max_pixels_per_image=None, seed=0):
     float64 with Chan's pairwise update (stable for large, offset data such as uint16 counts)."""
     rng = np.random.default_rng(seed)
     count, mean, scatter = 0, None, None
-    for image in _iter_images(images):
+    for position, image in enumerate(_iter_images(images)):
         pixels = np.asarray(image, dtype=np.float64).reshape(image.shape[0], -1)
         if max_pixels_per_image is not None and pixels.shape[1] > max_pixels_per_image:
             pixels = pixels[:, rng.choice(pixels.shape[1], int(max_pixels_per_image), replace=False)]
@@ -370,6 +422,9 @@ def _pixel_moments(images, max_pixels_per_image=None, seed=0):
         if n == 0:
             continue
         m = pixels.mean(axis=1)
+        if not np.isfinite(m).all():  # one NaN would make every mean and std NaN
+            raise ValueError(f"image {position} (counting from 0) has non-finite values (NaN or "
+                             "infinite); refuse or mask them before computing statistics")
         centred = pixels - m[:, None]
         s = centred @ centred.T
         if mean is None:
