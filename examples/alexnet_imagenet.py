@@ -21,7 +21,14 @@ crops.
 What it writes to ``--out``: checkpoint.npz (resume from it with ``--resume``), best.npz (the
 epoch with the lowest validation error), metrics.jsonl, curves.png, filters_conv1.png,
 feature_maps_conv{1,2,3}.png (for one validation image, after ReLU) and grad_cam_*.png (where
-the network looks, for a few validation images).
+the network looks, for a few validation images). A folder that holds a run is refused without
+``--resume`` or ``--overwrite``; Ctrl-C or SIGTERM saves a checkpoint and says how to go on;
+``--help`` lists the options, README the exit statuses.
+
+Images that cannot be decoded or used (a thin strip that resizing would blow up past a size
+limit) are skipped and named as they are read; ``--check-files`` reads them all before
+training. The ``data:`` lines count the files used and skipped, by reason, and name classes
+left with no usable image.
 
 The demo (no ``--data``) keeps the recipe and shrinks the rest to fit 5 minutes on 2 CPU
 cores: 4 classes of 75 training and 20 validation images, batch 16, 10 epochs of 18 steps, the
@@ -44,6 +51,7 @@ import minidl
 from minidl import init, ops
 from minidl.data import (IMAGENET_MEAN, IMAGENET_STD, DataLoader, ImageFolder, Subset,
                          alexnet_eval_transform, alexnet_train_transform, make_demo_imagenet)
+from minidl.data.demo import DemoFolderBusy
 from minidl.data.transforms import CenterCrop, Compose, Normalize, ResizeShorter, to_array
 from minidl.layers import Linear
 from minidl.metrics import top1, top5
@@ -85,6 +93,10 @@ def build_parser():
     parser.add_argument("--val-images", type=int, default=None,
                         help="validate on this many validation images only (a seeded random "
                              "choice); default all")
+    parser.add_argument("--check-files", action="store_true",
+                        help="decode every image once before training, so that the data: line "
+                             "counts every unusable file and empty class up front (reads the "
+                             "whole data set; without it files are checked as they are read)")
     demo = EXAMPLE.add_run_options(parser, evaluated="validation images",
                                    seeded="the weights and the batches", demo_files="images",
                                    demo_folder="demo-imagenet")
@@ -118,7 +130,7 @@ def scaled_init(model, generator):
 
 
 # -- data ------------------------------------------------------------------------------------------
-def image_folders(root):
+def image_folders(root, check_files=False):
     """The train and val ``ImageFolder``s of ``root``, checked for the layout the script needs."""
     root = Path(root)
     if not root.is_dir():
@@ -128,8 +140,8 @@ def image_folders(root):
             EXAMPLE.fail(f"--data {root}: there is no {split}/ folder ({root / split}); expected "
                          f"{root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
     try:
-        train = ImageFolder(root / "train", transform=alexnet_train_transform())
-        val = ImageFolder(root / "val", transform=alexnet_eval_transform())
+        train = ImageFolder(root / "train", transform=alexnet_train_transform(), check_files=check_files)
+        val = ImageFolder(root / "val", transform=alexnet_eval_transform(), check_files=check_files)
     except FileNotFoundError as error:  # an empty split or class folder: the message names it
         EXAMPLE.fail(str(error))
     if train.classes != val.classes:
@@ -147,12 +159,15 @@ def demo_folders(args):
     print(f"DEMO: no --data given, so AlexNet trains on a small generated data set: "
           f"{args.demo_classes} classes of patterns, {args.demo_per_class} training and "
           f"{args.demo_val_per_class} validation images per class (256x256 JPEGs).")
-    root = make_demo_imagenet(root=args.demo_dir, num_classes=args.demo_classes,
-                              train_per_class=args.demo_per_class,
-                              val_per_class=args.demo_val_per_class, seed=0)
+    try:
+        root = make_demo_imagenet(root=args.demo_dir, num_classes=args.demo_classes,
+                                  train_per_class=args.demo_per_class,
+                                  val_per_class=args.demo_val_per_class, seed=0)
+    except (FileExistsError, DemoFolderBusy) as error:
+        EXAMPLE.fail(str(error))
     print(f"DEMO: images in {root}; pass --data DIR to train on your own ImageNet-layout folder.")
-    return (ImageFolder(root / "train", transform=alexnet_train_transform()),
-            ImageFolder(root / "val", transform=alexnet_eval_transform()))
+    return (ImageFolder(root / "train", transform=alexnet_train_transform(), check_files=args.check_files),
+            ImageFolder(root / "val", transform=alexnet_eval_transform(), check_files=args.check_files))
 
 
 def ten_crop_view(dataset):
@@ -180,33 +195,46 @@ def print_summary(model, num_classes):
 
 
 def picture_images(val):
-    """One validation image of each class: (the normalised input, its label, the 227x227 centre
-    crop a person sees)."""
+    """One validation image of each class -- the first of its class that can be read: (the
+    normalised input, its label, the 227x227 centre crop a person sees)."""
     base = val.dataset if isinstance(val, Subset) else val
     indices = val.indices if isinstance(val, Subset) else np.arange(len(val))
     crop = Compose([ResizeShorter(256), CenterCrop(256), CenterCrop(227)])
     normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)  # as in alexnet_eval_transform
     labels = np.asarray(base.targets)[indices]
-    first_of_class = np.unique(labels, return_index=True)[1]
-    for index in indices[np.sort(first_of_class)]:
+
+    def picture(index):
         path, label = base.samples[index]
         shown = crop(base.decode(path))
-        yield normalize(to_array(shown)), label, shown
+        return normalize(to_array(shown)), label, shown
+
+    return common.first_usable((indices[labels == c] for c in np.unique(labels)), picture)
 
 
 # -- the run ---------------------------------------------------------------------------------------
 def main(argv=None):
-    """Run the example; returns a dict with the fit result, the ten-crop evaluation and the paths."""
-    args = build_parser().parse_args(argv)
+    """Run the example; returns a dict with the fit result, the ten-crop evaluation and the
+    paths. Errors end it with one line and an exit status (``common``'s docstring)."""
+    return EXAMPLE.run(build_parser(), train, argv)
+
+
+def train(args):
+    """The run itself, from parsed options."""
     start = time.perf_counter()
     run = EXAMPLE.settings(args)
     init_weights = args.init or EXAMPLE.defaults(run.demo)["init"]
+    if args.val_images is not None and args.val_images < 1:
+        EXAMPLE.fail(f"--val-images must be at least 1, got {args.val_images}")
+    EXAMPLE.claim(args, run)  # before the data: a refused --out costs nothing; held to the end
 
-    train_set, val_set = demo_folders(args) if run.demo else image_folders(args.data)
+    train_set, val_set = demo_folders(args) if run.demo else image_folders(args.data, args.check_files)
+    folders = (train_set, val_set)
     if args.val_images is not None and args.val_images < len(val_set):
         chosen = np.random.default_rng(args.seed).choice(len(val_set), args.val_images, replace=False)
         val_set = Subset(val_set, np.sort(chosen))
     classes = train_set.classes
+    for folder in folders:
+        print(f"data: {folder.summary()}")
     print(f"data: {len(train_set):,} training images, {len(val_set):,} validation images, "
           f"{len(classes)} classes ({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
 
@@ -229,14 +257,17 @@ def main(argv=None):
           + (departure if init_weights == "scaled" else "")
           + f"; device {run.device}. Chance: loss ln({len(classes)}) = {chance_loss:.3f}, "
           f"top-1 error {100 * (1 - 1 / len(classes)):.0f}%")
+    recipe = {"model": "alexnet", "variant": args.variant, "classes": list(classes), "seed": args.seed,
+              "val_images": args.val_images}
     result = fit(model, ops.softmax_cross_entropy, optimizer, train_loader, run.epochs,
                  val_loader=val_loader, scheduler=scheduler, device=run.device, out_dir=run.out,
-                 resume=args.resume, max_steps=args.max_steps, metrics=metrics)
+                 metrics=metrics, recipe=recipe, **common.fit_options(args))
     history = result["history"]
     if history:
+        best = ("no epoch had a finite validation error" if result["best"] is None else
+                f"best validation top-1 error {100 * result['best']:.2f}% in epoch {result['best_epoch']}")
         print(f"training loss: {history[0]['train_loss']:.3f} in epoch 1, {history[-1]['train_loss']:.3f} "
-              f"in epoch {history[-1]['epoch']} (chance {chance_loss:.3f}); best validation top-1 error "
-              f"{100 * result['best']:.2f}% in epoch {result['best_epoch']}")
+              f"in epoch {history[-1]['epoch']} (chance {chance_loss:.3f}); {best}")
 
     print(f"evaluating the final model on {len(val_set):,} validation images, ten crops each ...")
     ten_crop_loader = DataLoader(ten_crop_view(val_set), max(1, run.batch_size // 8),
@@ -248,6 +279,8 @@ def main(argv=None):
                       f"(accuracy {100 * (1 - tested[m.__name__]):.2f}%)" for m in metrics))
 
     written = common.save_pictures(model, picture_images(val_set), classes, run.out, args.grad_cam_images)
+    for folder in folders:
+        print(f"data: {folder.summary()}")
     common.print_written(run.out, written, start)
     return {"fit": result, "ten_crop": tested, "out": run.out, "pictures": written,
             "classes": classes, "args": args}

@@ -1,6 +1,12 @@
 """What the AlexNet and EuroNet examples share: the options of a training run and their
 defaults for the demo and for real data, SGD with its plateau schedule, the pictures of what the
-network learned, and the closing list of the files written.
+network learned, the closing list of the files written, and how a run ends when something
+goes wrong: one line and an exit status, not a traceback (``--debug`` shows it).
+
+Exit statuses: 0 done; 1 an error (bad option or data, a folder holding another run, a
+checkpoint that cannot be used, a full disk...), 2 a malformed command line (argparse); 3 the
+training diverged (NaN or infinite loss or gradient) and stopped, the last checkpoint intact;
+130 stopped by SIGINT (Ctrl-C) and 143 by SIGTERM, after saving a checkpoint to resume from.
 
 An example imports this file as ``common`` -- Python puts a script's own folder on
 ``sys.path`` -- and keeps for itself only what differs: its data and its recipe.
@@ -8,16 +14,22 @@ An example imports this file as ``common`` -- Python puts a script's own folder 
 import argparse
 import dataclasses
 import itertools
+import math
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import minidl
-from minidl import backend, viz
+from minidl import backend, checkpoint, runs, viz
+from minidl.data import DECODE_ERRORS, BadImage, SkippedSample
 from minidl.data.demo import default_root
 from minidl.optim import SGD, ReduceLROnPlateau
+from minidl.train import DivergenceError, RecipeChangedError, TrainingInterrupted
 
 # What fit writes to the output folder, listed at the end of a run.
-FIT_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png")
+FIT_FILES = runs.RUN_FILES
+EXIT_ERROR, EXIT_DIVERGED = 1, 3
 
 
 @dataclasses.dataclass
@@ -43,10 +55,71 @@ class Example:
         self.full_defaults = full_defaults
         self.source = source        # whose recipe the full defaults are: "the paper's"
         self.monitored = monitored  # what must improve to keep the rate: "validation error"
+        self.folder = None          # the output folder while a run holds it (claim)
 
     def fail(self, message):
         """Stop with a one-line error (exit status 1) instead of a traceback."""
         raise SystemExit(f"{self.prog}: error: {message}")
+
+    def run(self, parser, main, argv):
+        """``main(args)`` with ``args`` parsed from ``argv``, ending in one line and an exit
+        status when something goes wrong (module docstring); ``--debug`` re-raises instead."""
+        args = parser.parse_args(argv)
+        try:
+            return self._run_reporting(main, args, argv)
+        finally:
+            if self.folder is not None:  # held since claim(), even when the run failed
+                self.folder.release()
+                self.folder = None
+
+    def _run_reporting(self, main, args, argv):
+        try:
+            return main(args)
+        except TrainingInterrupted as stop:
+            if stop.saved:
+                print(f"{self.prog}: {stop}; to continue: {resume_command(self.prog, argv)}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"{self.prog}: {stop}", file=sys.stderr, flush=True)
+            if args.debug:
+                raise
+            raise SystemExit(stop.exit_status) from None
+        except DivergenceError as error:
+            if args.debug:
+                raise
+            text = str(error).replace("on_nonfinite='skip' or 'reduce_lr'", "--on-nonfinite skip or reduce-lr")
+            print(f"{self.prog}: error: {text}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_DIVERGED) from None
+        except RecipeChangedError as error:
+            if args.debug:
+                raise
+            self.fail(str(error).removeprefix("fit: ").replace("(accept_changed_recipe=True)",
+                                                               "(--accept-changed-options)"))
+        except (checkpoint.CheckpointError, OSError, MemoryError) as error:
+            if args.debug:
+                raise
+            hint = " (try a smaller --batch-size)" if isinstance(error, MemoryError) else ""
+            self.fail(f"{type(error).__name__ + ': ' if isinstance(error, MemoryError) else ''}{error}{hint}")
+        except KeyboardInterrupt:  # outside fit: loading data, writing the demo set
+            if args.debug:
+                raise
+            print(f"{self.prog}: interrupted (nothing was being trained)", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+
+    def claim(self, args, settings):
+        """Take the output folder for this run (held until ``run`` returns), refusing in one
+        line a folder that another run is using or that holds a run not to be touched."""
+        try:
+            self.folder = runs.claim(settings.out, resume=args.resume, overwrite=args.overwrite)
+            return self.folder
+        except runs.RunLockedError as error:
+            self.fail(str(error))
+        except runs.RunFolderError as error:
+            if args.resume:
+                self.fail(f"--out {settings.out} holds {', '.join(error.files)} but no checkpoint.npz "
+                          "to resume from; add --overwrite (instead of --resume) to replace that run")
+            self.fail(f"--out {settings.out} already holds a run ({', '.join(error.files)}): add "
+                      "--resume to continue it, or --overwrite to replace it")
 
     def defaults(self, demo):
         return self.demo_defaults if demo else self.full_defaults
@@ -77,8 +150,9 @@ class Example:
                                  f"{demo['lr_drops']} for the demo)")
 
     def add_run_options(self, parser, evaluated, seeded, demo_files, demo_folder):
-        """--device, --out, --resume, --max-steps, --workers, --seed, --grad-cam-images, and a
-        group for the demo's data holding --demo-dir, returned for the example's own demo options.
+        """--device, --out, --resume or --overwrite, --accept-changed-options, --on-nonfinite,
+        --max-steps, --workers, --seed, --grad-cam-images, --debug, and a group for the demo's
+        data holding --demo-dir, returned for the example's own demo options.
 
         ``evaluated`` names the images the run is evaluated on ("test images"), ``seeded`` what
         the seed decides, ``demo_files`` what the demo set is made of ("GeoTIFFs") and
@@ -89,8 +163,24 @@ class Example:
         parser.add_argument("--out", type=Path, default=None,
                             help=f"output folder (default runs/{self.run_name}, "
                                  f"runs/{self.run_name}-demo for the demo)")
-        parser.add_argument("--resume", action="store_true",
-                            help="continue from --out/checkpoint.npz (give the same settings)")
+        again = parser.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true",
+                           help="continue the run in --out from its checkpoint.npz, with the same "
+                                "options (a folder holding a run is refused without --resume or "
+                                "--overwrite)")
+        again.add_argument("--overwrite", action="store_true",
+                           help="replace the run in --out: its checkpoint.npz, best.npz, "
+                                "metrics.jsonl and curves.png are deleted first")
+        parser.add_argument("--accept-changed-options", action="store_true",
+                            help="with --resume: use options that differ from the checkpoint's "
+                                 "(--lr, --momentum, --weight-decay, --batch-size, --lr-patience, "
+                                 "--lr-drops, the model...) instead of refusing; the new values "
+                                 "apply from now on and are listed")
+        parser.add_argument("--on-nonfinite", choices=("stop", "skip", "reduce-lr"), default="stop",
+                            help="when a step's loss or gradient is NaN or infinite: 'stop' "
+                                 "(default; exit status 3, the last checkpoint intact), 'skip' the "
+                                 "batch (10 in a row stop), or 'reduce-lr': go back to the last "
+                                 "checkpoint's state with the rate divided by 10 (3 times at most)")
         parser.add_argument("--max-steps", type=int, default=None,
                             help="stop after this many SGD steps in all, for a quick look")
         parser.add_argument("--workers", type=int, default=2,
@@ -100,6 +190,8 @@ class Example:
         parser.add_argument("--grad-cam-images", type=int, default=3,
                             help=f"{evaluated} (one per class) to draw Grad-CAM maps for "
                                  "(default %(default)s)")
+        parser.add_argument("--debug", action="store_true",
+                            help="show the Python traceback of an error instead of one line")
         demo = parser.add_argument_group("demo data (used when --data is absent)")
         demo.add_argument("--demo-dir", type=Path, default=None,
                           help=f"where the demo {demo_files} are written once "
@@ -111,15 +203,27 @@ class Example:
         unset; checked, with the device available."""
         demo = args.data is None
         defaults = self.defaults(demo)
-        batch_size = args.batch_size
-        if "batch_size" in defaults:  # a default that depends on the data, not the option's own
-            batch_size = batch_size or defaults["batch_size"]
-        epochs = args.epochs if args.epochs is not None else defaults["epochs"]
-        lr_patience = args.lr_patience or defaults["lr_patience"]
-        lr_drops = args.lr_drops if args.lr_drops is not None else defaults["lr_drops"]
+
+        def option(name):  # None means "not given": 0 is a value, to be checked like any other
+            value = getattr(args, name)
+            return defaults[name] if value is None else value
+
+        batch_size, epochs = option("batch_size"), option("epochs")
+        lr_patience, lr_drops = option("lr_patience"), option("lr_drops")
         out = args.out or Path("runs") / (f"{self.run_name}-demo" if demo else self.run_name)
-        if batch_size < 1 or epochs < 1 or lr_patience < 1 or lr_drops < 0:
-            self.fail("--batch-size, --epochs and --lr-patience must be at least 1, --lr-drops at least 0")
+        for name, value, low in (("--batch-size", batch_size, 1), ("--epochs", epochs, 1),
+                                 ("--lr-patience", lr_patience, 1), ("--lr-drops", lr_drops, 0),
+                                 ("--seed", args.seed, 0), ("--workers", args.workers, 0),
+                                 ("--grad-cam-images", args.grad_cam_images, 0),
+                                 ("--max-steps", 1 if args.max_steps is None else args.max_steps, 1)):
+            if value < low:
+                self.fail(f"{name} must be at least {low}, got {value}")
+        for name, value in (("--lr", args.lr), ("--momentum", args.momentum),
+                            ("--weight-decay", args.weight_decay)):
+            if not (math.isfinite(value) and value >= 0):
+                self.fail(f"{name} must be a finite number >= 0, got {value}")
+        if args.accept_changed_options and not args.resume:
+            self.fail("--accept-changed-options goes with --resume")
         try:
             device = backend.normalize_device(args.device)
         except (RuntimeError, ValueError) as error:
@@ -144,6 +248,34 @@ def sgd_with_plateau(model, args, settings):
     return optimizer, scheduler
 
 
+def fit_options(args):
+    """The keyword arguments of ``fit`` that come straight from the run options."""
+    return dict(resume=args.resume, overwrite=args.overwrite,
+                accept_changed_recipe=args.accept_changed_options,
+                on_nonfinite=args.on_nonfinite.replace("-", "_"), max_steps=args.max_steps)
+
+
+def resume_command(prog, argv):
+    """The command that continues this run: the same options, with --resume."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for a in argv if a not in ("--overwrite", "--resume")]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(prog) else f"examples/{prog}"
+    return shlex.join(["python", script] + argv + ["--resume"])
+
+
+def first_usable(groups, make):
+    """For each group of candidates (the images of one class), ``make`` of the first candidate
+    that can be read: an undecodable or refused file is passed over (the dataset has named it),
+    and a group with none gives nothing."""
+    for group in groups:
+        for candidate in group:
+            try:
+                yield make(candidate)
+            except (SkippedSample, BadImage) + DECODE_ERRORS:
+                continue
+            break
+
+
 def save_pictures(model, images, classes, out, count, filter_scale=4):
     """filters_conv1.png, feature_maps_conv{1,2,3}.png (of the first image) and
     grad_cam_<n>_<class>_as_<predicted class>.png (of the first ``count``); returns their paths.
@@ -159,7 +291,8 @@ def save_pictures(model, images, classes, out, count, filter_scale=4):
                                              names=["conv1", "conv2", "conv3"]).values()
         if n >= count:
             break
-        predicted = int(model.predict(minidl.Tensor(backend.to_device(x[None], model.device)))[0])
+        with model.evaluating():  # dropout off: the prediction the Grad-CAM map explains
+            predicted = int(model.predict(minidl.Tensor(backend.to_device(x[None], model.device)))[0])
         name = f"grad_cam_{n + 1}_{classes[label]}_as_{classes[predicted]}.png"
         viz.save_grad_cam(model, x, out / name, target_class=predicted, display=shown)
         written.append(out / name)

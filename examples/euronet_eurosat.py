@@ -25,7 +25,13 @@ The demo (no ``--data``): 100 generated patches per class (80 train, 20 test), 8
 
 What it writes to ``--out``: checkpoint.npz (resume with ``--resume``), best.npz, metrics.jsonl,
 curves.png, filters_conv1.png, feature_maps_conv{1,2,3}.png (for one test image, after ReLU)
-and grad_cam_*.png (class activation maps over the natural-colour image).
+and grad_cam_*.png (class activation maps over the natural-colour image). A folder that holds
+a run is refused without ``--resume`` or ``--overwrite``; Ctrl-C or SIGTERM saves a checkpoint
+and says how to go on; ``--help`` lists the options, README the exit statuses.
+
+Every file is decoded once before training: a file of the wrong size, band count or type
+(uint16 expected; ``--scale`` reads others), or with NaN pixels (``--nonfinite``), is skipped,
+named, and counted in the ``data:`` line.
 """
 import time
 
@@ -35,6 +41,7 @@ from PIL import Image
 import minidl
 from minidl import ops, viz
 from minidl.data import DataLoader, eurosat_splits, make_demo_eurosat
+from minidl.data.demo import DemoFolderBusy
 from minidl.metrics import binary_error, sigmoid_scores, top1, with_one_hot
 from minidl.models import euronet, summary
 from minidl.train import evaluate, fit
@@ -64,6 +71,13 @@ def build_parser():
     parser.add_argument("--bands", default=None,
                         help="comma-separated bands to use, e.g. B04,B03,B02 (default: all 13, in "
                              "wavelength order, or R,G,B for the RGB release)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="multiply the multispectral values by this and accept files of any "
+                             "number type (e.g. 1 for float reflectances); default: files must be "
+                             "uint16 digital numbers, multiplied by 1e-4, and others are skipped")
+    parser.add_argument("--nonfinite", choices=("refuse", "mask"), default="refuse",
+                        help="a file holding NaN or infinite values: 'refuse' skips it (default), "
+                             "'mask' replaces them with the mean of their band in that file")
     demo = EXAMPLE.add_run_options(parser, evaluated="test images",
                                    seeded="the split, the weights and the batches",
                                    demo_files="GeoTIFFs", demo_folder="demo-eurosat")
@@ -80,7 +94,10 @@ def data_root(args):
                          f"got {args.demo_per_class}")
         print(f"DEMO: no --data given, so EuroNet trains on a small generated data set: 10 classes, "
               f"{args.demo_per_class} 64x64 13-band GeoTIFFs each.")
-        root = make_demo_eurosat(root=args.demo_dir, per_class=args.demo_per_class, seed=0)
+        try:
+            root = make_demo_eurosat(root=args.demo_dir, per_class=args.demo_per_class, seed=0)
+        except (FileExistsError, DemoFolderBusy) as error:
+            EXAMPLE.fail(str(error))
         print(f"DEMO: images in {root}; pass --data DIR to train on the real EuroSAT.")
         return root
     if not args.data.is_dir():
@@ -97,33 +114,47 @@ def display_bands(bands):
 
 
 def picture_images(test, dataset):
-    """One test image of each class: (the normalised input, its label, the natural-colour bands
-    of its file, stretched and enlarged 4 times, for a person to see)."""
+    """One test image of each class -- the first of its class that can be read: (the
+    normalised input, its label, the natural-colour bands of its file, stretched and enlarged 4
+    times, for a person to see)."""
     rgb = display_bands(list(dataset.bands))
     labels = np.asarray(dataset.targets)[test.indices]
-    for position in np.sort(np.unique(labels, return_index=True)[1]):
+
+    def picture(position):
         x, label = test[int(position)]
         raw = dataset.decode(dataset.samples[int(test.indices[position])][0])
         shown = viz.to_display_image(raw[rgb] if rgb is not None else raw.mean(axis=0))
-        yield x, label, shown.resize((4 * shown.width, 4 * shown.height), Image.Resampling.NEAREST)
+        return x, label, shown.resize((4 * shown.width, 4 * shown.height), Image.Resampling.NEAREST)
+
+    return common.first_usable((np.flatnonzero(labels == c) for c in np.unique(labels)), picture)
 
 
 def main(argv=None):
-    """Run the example; returns a dict with the fit result, the final test evaluation and the paths."""
-    args = build_parser().parse_args(argv)
+    """Run the example; returns a dict with the fit result, the final test evaluation and the
+    paths. Errors end it with one line and an exit status (``common``'s docstring)."""
+    return EXAMPLE.run(build_parser(), train, argv)
+
+
+def train(args):
+    """The run itself, from parsed options."""
     start = time.perf_counter()
     run = EXAMPLE.settings(args)
+    if args.scale is not None and not (np.isfinite(args.scale) and args.scale > 0):
+        EXAMPLE.fail(f"--scale must be a finite number > 0, got {args.scale}")
+    EXAMPLE.claim(args, run)  # before the data: a refused --out costs nothing; held to the end
     root = data_root(args)
     bands = tuple(b.strip() for b in args.bands.split(",")) if args.bands else None
     try:
         train_set, test_set, (mean, std) = eurosat_splits(root, train_fraction=0.8, seed=args.seed,
                                                           augment=True, bands=bands,
-                                                          num_workers=args.workers)
+                                                          num_workers=args.workers, scale=args.scale,
+                                                          nonfinite=args.nonfinite)
     except (FileNotFoundError, ValueError) as error:  # missing/empty class folders, unknown bands
         EXAMPLE.fail(str(error))
     dataset = train_set.dataset
     classes = dataset.classes
-    print(f"data: {dataset.kind.upper()} release in {dataset.root}, {len(dataset.bands)} bands "
+    print(f"data: {dataset.summary()}")
+    print(f"data: {dataset.kind.upper()} release, {len(dataset.bands)} bands "
           f"({', '.join(dataset.bands)}), {len(classes)} classes; {len(train_set):,} training and "
           f"{len(test_set):,} test images (4:1 per class); bands normalised with the training "
           f"split's mean and std")
@@ -143,14 +174,17 @@ def main(argv=None):
     print(f"columns: top1 = error of the highest output (chance {100 * (1 - 1 / len(classes)):.0f}%), "
           f"binary = error of the {len(classes)} yes/no outputs at 0.5 (1 - Keras's binary accuracy; "
           f"answering 'no' everywhere scores {100 / len(classes):.0f}%)")
+    recipe = {"model": "euronet", "classes": list(classes), "bands": list(dataset.bands),
+              "seed": args.seed, "scale": args.scale, "nonfinite": args.nonfinite}
     result = fit(model, loss_fn, optimizer, train_loader, run.epochs, val_loader=test_loader,
-                 scheduler=scheduler, device=run.device, out_dir=run.out, resume=args.resume,
-                 max_steps=args.max_steps, metrics=metrics, predict=sigmoid_scores, monitor="val_loss")
+                 scheduler=scheduler, device=run.device, out_dir=run.out, metrics=metrics,
+                 predict=sigmoid_scores, monitor="val_loss", recipe=recipe, **common.fit_options(args))
     history = result["history"]
     if history:
+        best = ("no epoch had a finite test loss" if result["best"] is None else
+                f"best test loss {result['best']:.4f} in epoch {result['best_epoch']}")
         print(f"training loss: {history[0]['train_loss']:.4f} in epoch 1, "
-              f"{history[-1]['train_loss']:.4f} in epoch {history[-1]['epoch']}; best test loss "
-              f"{result['best']:.4f} in epoch {result['best_epoch']}")
+              f"{history[-1]['train_loss']:.4f} in epoch {history[-1]['epoch']}; {best}")
 
     tested = evaluate(model, test_loader, loss_fn, device=run.device, metrics=metrics,
                       predict=sigmoid_scores)
@@ -160,6 +194,7 @@ def main(argv=None):
 
     written = common.save_pictures(model, picture_images(test_set, dataset), classes, run.out,
                                    args.grad_cam_images, filter_scale=8)
+    print(f"data: {dataset.summary()}")
     common.print_written(run.out, written, start)
     return {"fit": result, "test": tested, "out": run.out, "pictures": written, "classes": classes,
             "args": args}
