@@ -5,8 +5,8 @@ from .dropout import Dropout
 from .linear import Flatten, Linear
 from .module import Module, Parameter
 from .sequential import Sequential
-from .normalization import LocalResponseNorm
+from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from .pool import MaxPool2d
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "MaxPool2d", "LocalResponseNorm",
-           "ReLU", "Sigmoid", "Dropout", "Linear", "Flatten"]
+           "ReLU", "Sigmoid", "Dropout", "Linear", "Flatten", "BatchNorm1d", "BatchNorm2d"]

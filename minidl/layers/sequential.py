@@ -42,8 +42,11 @@ class Sequential(Module):
         return x
 
     def __getitem__(self, index):
+        """A layer by position or name; a slice is a ``Sequential`` of those layers (shared)."""
         if isinstance(index, str):
             return self._modules[index]
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
         return list(self._modules.values())[index]
 
     def __len__(self):
