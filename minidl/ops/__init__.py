@@ -21,6 +21,7 @@ written once against ``xp`` and need no kernels; ``conv.py`` chooses between ``i
 from .activation import relu, sigmoid
 from .arithmetic import (add, div, exp, log, matmul, mean, mul, neg, power, reduce_sum, reshape,
                          sub, transpose)
+from .avgpool import adaptive_avg_pool2d, avg_pool2d
 from .batchnorm import batch_norm
 from .conv import conv2d
 from .dropout import dropout
