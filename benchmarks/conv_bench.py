@@ -3,9 +3,10 @@
     python benchmarks/conv_bench.py [--repeats 7] [--batch 32] [--all] [--euronet]
 
 Prints the median wall time of forward alone and of forward+backward for minidl and for
-torch.nn.functional.conv2d on the same inputs. 3x3 stride-1 layers (AlexNet's conv3-5 with
---all, EuroNet's six with --euronet) are timed with both of minidl's algorithms, im2col and
-Winograd F(2x2, 3x3), the one ``algorithm="auto"`` picks for them. conv1's input needs no gradient (it is the
+torch.nn.functional.conv2d on the same inputs. Stride-1 layers with 3x3 or 5x5 kernels
+(AlexNet's conv2, conv3-5 with --all, EuroNet's six with --euronet) are timed with both of
+minidl's algorithms, im2col and Winograd (F(4x4, 3x3), F(2x2, 5x5)), the one
+``algorithm="auto"`` picks for them. conv1's input needs no gradient (it is the
 image), as in training; conv2's input does. Before each series of timings the script waits
 (up to a minute) for the CPU to be otherwise idle, since a shared machine skews them badly.
 
