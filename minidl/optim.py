@@ -1,4 +1,6 @@
-"""Stochastic gradient descent as AlexNet trained it, and the two learning-rate schedules.
+"""Optimisers -- SGD as AlexNet trained it, Adam and AdamW as PyTorch computes them -- and the
+learning-rate schedules (ReduceLROnPlateau, StepLR, CosineAnnealingLR, LinearLR for a warm-up,
+SequentialLR to chain them).
 
 The update of the AlexNet paper (docs/MODELS.md), for every weight w with gradient g = dL/dw of
 the batch:
@@ -11,12 +13,34 @@ pulls every weight towards zero in proportion to its size. The optional ``l1`` t
 ``l1 * sign(w)`` to the gradient (the gradient of l1 * ||w||_1): it pulls every weight towards
 zero by the same amount and so drives small weights to exactly zero. Both are remedies for
 over-fitting.
+
+Adam (Kingma & Ba) and AdamW (Loshchilov & Hutter), for each parameter w with gradient g at its
+t-th step, as ``torch.optim.Adam``/``AdamW`` (their single-tensor CPU code, operation for
+operation, fused multiply-adds where PyTorch's kernels use them)::
+
+    g <- g + weight_decay * w            (Adam)       w <- w * (1 - lr * weight_decay)  (AdamW)
+    m <- m + (1 - beta1) * (g - m)                    (a lerp: one fused multiply-add)
+    v <- v * beta2;  v <- v + (1 - beta2) * g * g     (the product fused with the add)
+    v_hat = max(v_hat, v) with amsgrad, else v
+    w <- w + (-lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
+
+One Numba loop on the CPU, one CUDA kernel (``optim.cu``) on the GPU, one element per iteration
+or thread. The state (m, v, v_hat, t per parameter) is in ``state_dict()``, so a checkpoint
+resumes exactly.
+
+The schedules are closed forms of the epoch count (the one number they keep), so resuming
+from a checkpoint gives the same rates.
 """
+import math
+
 import numpy as np
 from numba import njit, prange
+from numba.core.extending import intrinsic
 
-from . import backend
+from . import backend, cuda
 from .tensor import no_grad
+
+_kernels = cuda.KernelFile(__file__)
 
 # Below this many elements a parameter is updated on one thread (waking the others costs more
 # than the work: the biases).
@@ -108,8 +132,7 @@ class SGD:
             for i, p in enumerate(self.params):
                 if p.grad is None:
                     continue
-                w = p.data
-                g = p.grad.data if hasattr(p.grad, "data") else p.grad
+                w, g = p.data, p.grad.data
                 xp = backend.array_module(w)
                 if backend.array_module(g) is not xp or g.shape != w.shape:
                     raise RuntimeError(f"SGD: parameter {i} of shape {w.shape} on "
@@ -178,6 +201,180 @@ def _fusable(w, v, g):
     return (w.dtype in (np.float32, np.float64) and v.dtype == w.dtype and g.dtype == w.dtype
             and w.flags.c_contiguous and v.flags.c_contiguous and g.flags.c_contiguous
             and w.flags.writeable)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c with one rounding (LLVM's fma): what PyTorch's vectorised CPU kernels compute
+    for lerp, addcmul and add with alpha."""
+    if not a == b == c:
+        return None  # one type for all three: the kernels pass scalars in the array's dtype
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+    return a(a, b, c), codegen
+
+
+def _adam_update(w, g, m, v, v_max, decay_factor, weight_decay, one_minus_beta1, lerp_complement,
+                 beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, amsgrad):
+    # The update of the module docstring for element i, in PyTorch's order of operations
+    # (decay_factor = 1 - lr * weight_decay for AdamW, else 1 and weight_decay applies to g).
+    # Iteration i owns element i.
+    for i in prange(w.size):
+        gi = g[i]
+        if decay_factor != 1:
+            w[i] = w[i] * decay_factor
+        if weight_decay != 0:
+            gi = _fma(weight_decay, w[i], gi)
+        if one_minus_beta1 < 0.5:  # PyTorch's lerp: two forms, each exact at its end
+            m[i] = _fma(one_minus_beta1, gi - m[i], m[i])
+        else:
+            m[i] = _fma(-(gi - m[i]), lerp_complement, gi)
+        vi = v[i] * beta2
+        vi = _fma(one_minus_beta2 * gi, gi, vi)
+        v[i] = vi
+        if amsgrad:
+            if vi > v_max[i]:
+                v_max[i] = vi
+            vi = v_max[i]
+        denominator = np.sqrt(vi) / bias_correction2_sqrt + eps
+        w[i] = w[i] + neg_step_size * m[i] / denominator
+
+
+_adam_update_serial = njit(cache=True)(_adam_update)
+_adam_update_parallel = njit(parallel=True, cache=True)(_adam_update)
+
+
+def _adam_cpu(w, g, m, v, v_max, *scalars):
+    update = _adam_update_parallel if w.size >= _PARALLEL_FROM else _adam_update_serial
+    update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), v_max.reshape(-1), *scalars)
+
+
+def _adam_cuda(w, g, m, v, v_max, *scalars):
+    _kernels("adam_update", w.dtype)(w.size, w, g, m, v, v_max, *scalars[:-1], bool(scalars[-1]))
+
+
+class Adam:
+    """Adam, as ``torch.optim.Adam`` (with ``decoupled_weight_decay=True``: AdamW): the same
+    arguments, the same arithmetic (module docstring), per-parameter state that checkpoints
+    hold. ``params`` as for SGD; a parameter without a gradient is skipped and its step count
+    does not advance (as in PyTorch). Runs in place in each parameter's dtype and device."""
+
+    name = "Adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, decoupled_weight_decay=False):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{self.name}: got an empty list of parameters")
+        for i, p in enumerate(self.params):
+            if not hasattr(p, "data") or not hasattr(p, "grad"):
+                raise TypeError(f"{self.name}: parameter {i} is a {type(p).__name__}, not a "
+                                "Tensor/Parameter")
+        self.lr = lr
+        beta1, beta2 = betas
+        for name, beta in (("betas[0]", beta1), ("betas[1]", beta2)):
+            if not 0.0 <= _positive_number(self.name, name, beta) < 1.0:
+                raise ValueError(f"{self.name}: {name} must be in [0, 1), got {beta!r}")
+        self.betas = (float(beta1), float(beta2))
+        self.eps = _positive_number(self.name, "eps", eps)
+        self.weight_decay = _positive_number(self.name, "weight_decay", weight_decay)
+        self.amsgrad, self.decoupled_weight_decay = bool(amsgrad), bool(decoupled_weight_decay)
+        self.state = [None] * len(self.params)  # {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"]}
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _positive_number(self.name, "lr", value)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def _state_of(self, i, w):
+        xp = backend.array_module(w)
+        state = self.state[i]
+        if state is None or backend.array_module(state["exp_avg"]) is not xp:
+            names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if self.amsgrad else [])
+            state = {"step": 0 if state is None else state["step"],
+                     **{n: xp.zeros_like(w) if state is None else xp.asarray(backend.to_numpy(state[n]))
+                        for n in names}}
+            self.state[i] = state
+        return state
+
+    def step(self):
+        """One update of every parameter that has a gradient."""
+        beta1, beta2 = self.betas
+        lr, decay = self.lr, self.weight_decay
+        with no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                w, g = p.data, p.grad.data
+                if g.shape != w.shape or backend.array_module(g) is not backend.array_module(w):
+                    raise RuntimeError(f"{self.name}: parameter {i} of shape {w.shape} on "
+                                       f"{backend.device_of(w)} has a gradient of shape "
+                                       f"{g.shape} on {backend.device_of(g)}")
+                xp = backend.array_module(w)
+                g = xp.ascontiguousarray(g, dtype=w.dtype)
+                state = self._state_of(i, w)
+                state["step"] += 1
+                t = state["step"]
+                real = w.dtype.type
+                scalars = (real(1 - lr * decay if self.decoupled_weight_decay else 1.0),
+                           real(0.0 if self.decoupled_weight_decay else decay), real(1 - beta1),
+                           real(1 - (1 - beta1)), real(beta2), real(1 - beta2), real(-(lr / (1 - beta1 ** t))),
+                           real((1 - beta2 ** t) ** 0.5), real(self.eps), self.amsgrad)
+                update = backend.pick(w, cpu=_adam_cpu, cuda=_adam_cuda)
+                v_max = state.get("max_exp_avg_sq", state["exp_avg_sq"])
+                update(w, g, state["exp_avg"], state["exp_avg_sq"], v_max, *scalars)
+
+    def state_dict(self):
+        """Hyper-parameters and per-parameter state (NumPy arrays: device-free)."""
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
+                "decoupled_weight_decay": self.decoupled_weight_decay,
+                "state": [None if st is None else {k: (v if k == "step" else backend.to_numpy(v).copy())
+                                                   for k, v in st.items()} for st in self.state]}
+
+    def load_state_dict(self, state):
+        saved = state["state"]
+        if len(saved) != len(self.params):
+            raise ValueError(f"{self.name}.load_state_dict: the state has {len(saved)} entries "
+                             f"for {len(self.params)} parameters")
+        for i, (st, p) in enumerate(zip(saved, self.params)):
+            if st is not None and tuple(np.shape(st["exp_avg"])) != tuple(p.shape):
+                raise ValueError(f"{self.name}.load_state_dict: state {i} has shape "
+                                 f"{np.shape(st['exp_avg'])}, its parameter {tuple(p.shape)}")
+        self.lr, self.betas, self.eps = state["lr"], tuple(map(float, state["betas"])), float(state["eps"])
+        self.weight_decay, self.amsgrad = float(state["weight_decay"]), bool(state["amsgrad"])
+        self.decoupled_weight_decay = bool(state["decoupled_weight_decay"])
+        self.state = []
+        for st, p in zip(saved, self.params):
+            if st is None:
+                self.state.append(None)
+                continue
+            xp = backend.array_module(p.data)
+            self.state.append({k: (int(v) if k == "step" else xp.asarray(np.asarray(v), dtype=p.dtype).copy())
+                               for k, v in st.items()})
+
+    def __repr__(self):
+        return (f"{self.name}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}" + (", amsgrad=True" if self.amsgrad else "") + ")")
+
+
+class AdamW(Adam):
+    """AdamW, as ``torch.optim.AdamW``: Adam with the weight decay applied to the weights
+    (w <- w * (1 - lr * weight_decay)) instead of added to the gradient; weight_decay 0.01."""
+
+    name = "AdamW"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True)
 
 
 class ReduceLROnPlateau:
@@ -294,3 +491,117 @@ class StepLR:
 
     def __repr__(self):
         return f"StepLR(step_size={self.step_size}, gamma={self.gamma})"
+
+
+class _ClosedFormSchedule:
+    """A schedule whose rate is a function of the epoch count alone: ``step()`` counts an epoch
+    and sets ``optimizer.lr = lr_at(epoch)``; the state is the count."""
+
+    needs_metric = False
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.epoch = 0
+
+    def lr_at(self, epoch):
+        raise NotImplementedError
+
+    def step(self, metric=None):
+        """End of an epoch; returns True if the learning rate changed."""
+        self.epoch += 1
+        before = self.optimizer.lr
+        self.optimizer.lr = self.lr_at(self.epoch)
+        return self.optimizer.lr != before
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr, "epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.base_lr, self.epoch = float(state["base_lr"]), int(state["epoch"])
+
+
+class CosineAnnealingLR(_ClosedFormSchedule):
+    """The rate falls from the optimiser's along half a cosine to ``eta_min`` over ``T_max``
+    epochs, as ``torch.optim.lr_scheduler.CosineAnnealingLR``:
+    ``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2`` (PyTorch computes
+    the same curve recursively, equal up to rounding; past T_max it rises again, as there)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        if int(T_max) != T_max or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be an integer >= 1, got {T_max!r}")
+        super().__init__(optimizer)
+        self.T_max, self.eta_min = int(T_max), _positive_number("CosineAnnealingLR", "eta_min", eta_min)
+
+    def lr_at(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+    def __repr__(self):
+        return f"CosineAnnealingLR(T_max={self.T_max}, eta_min={self.eta_min})"
+
+
+class LinearLR(_ClosedFormSchedule):
+    """A linear warm-up (or decay), as ``torch.optim.lr_scheduler.LinearLR``: the rate is
+    ``base_lr * factor`` with the factor going linearly from ``start_factor`` to
+    ``end_factor`` over ``total_iters`` epochs, then staying there. Making it sets the
+    optimiser's rate to ``base_lr * start_factor``."""
+
+    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+        if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
+            raise ValueError(f"LinearLR: start_factor must be in (0, 1] and end_factor in [0, 1], "
+                             f"got {start_factor!r} and {end_factor!r}")
+        if int(total_iters) != total_iters or total_iters < 1:
+            raise ValueError(f"LinearLR: total_iters must be an integer >= 1, got {total_iters!r}")
+        super().__init__(optimizer)
+        self.start_factor, self.end_factor = float(start_factor), float(end_factor)
+        self.total_iters = int(total_iters)
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        done = min(epoch, self.total_iters) / self.total_iters
+        return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
+
+    def __repr__(self):
+        return (f"LinearLR(start_factor={self.start_factor}, end_factor={self.end_factor}, "
+                f"total_iters={self.total_iters})")
+
+
+class SequentialLR(_ClosedFormSchedule):
+    """Schedules one after the other, as ``torch.optim.lr_scheduler.SequentialLR``: schedule k
+    runs from epoch ``milestones[k - 1]`` on, counting its epochs from 0 there. A warm-up
+    followed by cosine annealing::
+
+        warmup = LinearLR(optimizer, start_factor=0.1, total_iters=5)
+        cosine = CosineAnnealingLR(optimizer, T_max=85)
+        schedule = SequentialLR(optimizer, [warmup, cosine], milestones=[5])
+
+    The schedules must be closed forms (LinearLR, CosineAnnealingLR) made on this optimiser.
+    """
+
+    def __init__(self, optimizer, schedulers, milestones):
+        schedulers, milestones = list(schedulers), [int(m) for m in milestones]
+        if len(milestones) != len(schedulers) - 1 or milestones != sorted(milestones):
+            raise ValueError(f"SequentialLR: needs one milestone between each two schedules, in "
+                             f"order; got {len(schedulers)} schedules and milestones {milestones}")
+        if not all(isinstance(s, _ClosedFormSchedule) and s.optimizer is optimizer for s in schedulers):
+            raise ValueError("SequentialLR: every schedule must be a LinearLR, CosineAnnealingLR "
+                             "or SequentialLR of this optimiser")
+        self.schedulers, self.milestones = schedulers, milestones
+        first_lr = schedulers[0].base_lr
+        super().__init__(optimizer)
+        for schedule in schedulers:  # all start from the optimiser's own rate, as in PyTorch
+            schedule.base_lr = first_lr
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        k = sum(epoch >= m for m in self.milestones)
+        start = self.milestones[k - 1] if k else 0
+        return self.schedulers[k].lr_at(epoch - start)
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        for schedule, saved in zip(self.schedulers, state["schedulers"]):
+            schedule.load_state_dict(saved)

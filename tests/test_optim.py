@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import minidl
+import minidl.optim
 from minidl import backend, checkpoint
 from minidl.layers import Parameter
 from minidl.optim import SGD, ReduceLROnPlateau, StepLR
@@ -297,3 +298,137 @@ def test_sgd_on_the_gpu_matches_the_cpu():
     state = opt.state_dict()
     assert isinstance(state["velocities"][0], np.ndarray)
     assert math.isfinite(float(state["velocities"][0][0]))
+
+
+# -- Adam and AdamW ------------------------------------------------------------------------------
+
+ADAM_CASES = [("Adam", {}), ("Adam", dict(weight_decay=0.1, amsgrad=True)),
+              ("AdamW", dict(lr=0.01)), ("Adam", dict(betas=(0.3, 0.9), eps=1e-6))]
+ADAM_IDS = ["adam", "decay-amsgrad", "adamw", "small-beta1"]
+
+
+def adam_problem(steps=60):
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((40, 30)), rng.standard_normal(7)]
+    grads = [[rng.standard_normal(a.shape) for a in start] for _ in range(steps)]
+    return start, grads
+
+
+def run_minidl(name, options, start, grads, state=None):
+    params = [Parameter(a.copy()) for a in start]
+    optimizer = getattr(minidl.optim, name)(params, **options)
+    if state is not None:
+        params_state, optimizer_state = state
+        for p, a in zip(params, params_state):
+            p.data = a.copy()
+        optimizer.load_state_dict(optimizer_state)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = minidl.Tensor(g)
+        optimizer.step()
+    return [p.numpy() for p in params], optimizer
+
+
+@pytest.mark.parametrize("name, options", ADAM_CASES, ids=ADAM_IDS)
+def test_adam_is_pytorchs_update_bit_for_bit(kernels, name, options, monkeypatch):
+    # PyTorch's CPU sqrt comes from MKL here and is not always correctly rounded (it differs
+    # from IEEE sqrt in the last bit for about 1% of values); with a correctly rounded sqrt
+    # everything else -- the fused multiply-adds, the order of operations -- must agree to the
+    # bit, step after step.
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.Tensor, "sqrt", lambda t: torch.from_numpy(np.sqrt(t.detach().numpy())))
+    start, grads = adam_problem()
+    params = [kernels.tensor(a.copy(), requires_grad=True) for a in start]
+    optimizer = getattr(minidl.optim, name)(params, **options)
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in start]
+    torch_optimizer = getattr(torch.optim, name)(theirs, **options)
+    for step_grads in grads:
+        for p, t, g in zip(params, theirs, step_grads):
+            p.grad, t.grad = kernels.tensor(g), torch.tensor(g)
+        optimizer.step()
+        torch_optimizer.step()
+    for p, t in zip(params, theirs):
+        np.testing.assert_array_equal(kernels.numpy(p), t.detach().numpy())
+
+
+@pytest.mark.parametrize("name, options", ADAM_CASES[:3], ids=ADAM_IDS[:3])
+def test_adam_matches_pytorch_with_its_own_sqrt(name, options):
+    torch = pytest.importorskip("torch")
+    start, grads = adam_problem()
+    mine, _ = run_minidl(name, options, start, grads)
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in start]
+    torch_optimizer = getattr(torch.optim, name)(theirs, **options)
+    for step_grads in grads:
+        for t, g in zip(theirs, step_grads):
+            t.grad = torch.tensor(g)
+        torch_optimizer.step()
+    for a, t in zip(mine, theirs):
+        np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_adam_resumes_exactly_from_a_checkpoint(tmp_path):
+    start, grads = adam_problem(20)
+    straight, _ = run_minidl("AdamW", dict(amsgrad=True), start, grads)
+    halfway, optimizer = run_minidl("AdamW", dict(amsgrad=True), start, grads[:10])
+    path = tmp_path / "adam.npz"
+    checkpoint.save(path, params=halfway, optimizer=optimizer.state_dict())
+    saved = checkpoint.load(path)
+    resumed, _ = run_minidl("AdamW", dict(amsgrad=True), start, grads[10:],
+                            state=(saved["params"], saved["optimizer"]))
+    for a, b in zip(straight, resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_adam_float32_skips_parameters_without_gradient_and_bad_arguments():
+    w, frozen = Parameter(np.ones(3, np.float32)), Parameter(np.ones(2, np.float32))
+    optimizer = minidl.optim.Adam([w, frozen], lr=0.1)
+    w.grad = minidl.Tensor(np.ones(3, np.float32))
+    optimizer.step()
+    assert w.dtype == np.float32 and np.allclose(w.numpy(), 0.9, rtol=1e-6)
+    assert (frozen.numpy() == 1).all() and optimizer.state[1] is None
+    with pytest.raises(ValueError, match=r"Adam: betas\[1\] must be in \[0, 1\), got 1.0"):
+        minidl.optim.Adam([w], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="AdamW: lr must be a finite number >= 0"):
+        minidl.optim.AdamW([w], lr=-1)
+
+
+@pytest.mark.skipif(not __import__("minidl.testing.nvrtc", fromlist=["x"]).available(),
+                    reason="NVRTC not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_optim_cu_compiles_under_nvrtc(dtype):
+    from minidl.testing import nvrtc
+    ptx = nvrtc.compile_file(os.path.join(os.path.dirname(minidl.__file__), "optim.cu"), dtype)
+    assert ".entry adam_update(" in ptx
+
+
+# -- cosine annealing, linear warm-up, the two in sequence ---------------------------------------
+
+def test_schedules_match_pytorch_and_resume():
+    torch = pytest.importorskip("torch")
+    from minidl.optim import CosineAnnealingLR, LinearLR, SequentialLR
+
+    def mine():
+        optimizer = minidl.optim.AdamW([Parameter(np.zeros(1))], lr=0.1)
+        warmup = LinearLR(optimizer, start_factor=0.1, total_iters=3)
+        cosine = CosineAnnealingLR(optimizer, T_max=6, eta_min=0.001)
+        return optimizer, SequentialLR(optimizer, [warmup, cosine], milestones=[3])
+
+    p = torch.zeros(1, requires_grad=True)
+    torch_optimizer = torch.optim.AdamW([p], lr=0.1)
+    torch_schedule = torch.optim.lr_scheduler.SequentialLR(
+        torch_optimizer, [torch.optim.lr_scheduler.LinearLR(torch_optimizer, 0.1, total_iters=3),
+                          torch.optim.lr_scheduler.CosineAnnealingLR(torch_optimizer, 6, 0.001)],
+        milestones=[3])
+    optimizer, schedule = mine()
+    rates, expected = [optimizer.lr], [torch_optimizer.param_groups[0]["lr"]]
+    for epoch in range(12):
+        if epoch == 5:  # resume from the state halfway
+            state = schedule.state_dict()
+            optimizer, schedule = mine()
+            schedule.load_state_dict(state)
+        torch_optimizer.step()
+        torch_schedule.step()
+        schedule.step()
+        rates.append(optimizer.lr)
+        expected.append(torch_optimizer.param_groups[0]["lr"])
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
