@@ -363,3 +363,58 @@ def test_fast_paths_give_the_plain_paths_gradients(name, monkeypatch):
     for n in plain:
         scale = np.abs(plain[n]).max()
         np.testing.assert_allclose(fast[n], plain[n], rtol=0, atol=1e-10 * scale, err_msg=n)
+
+
+# -- the torchvision layout and PyTorch state dicts -------------------------------------------
+def _torch_torchvision_alexnet(num_classes):
+    """torchvision.models.alexnet's layout in plain torch.nn (torchvision itself need not be
+    installed): the names of its state dict are what minidl must map."""
+    from torch import nn
+    features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    classifier = nn.Sequential(
+        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096),
+        nn.ReLU(), nn.Linear(4096, num_classes))
+
+    class AlexNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.avgpool, self.classifier = features, nn.AdaptiveAvgPool2d((6, 6)), classifier
+
+        def forward(self, x):
+            return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+    return AlexNet()
+
+
+def test_torchvision_variant_structure():
+    model = alexnet(variant="torchvision")
+    assert model.num_parameters() == 61_100_840
+    assert [model[n].out_channels for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == [
+        64, 192, 384, 256, 256]
+    assert not any(isinstance(m, minidl.layers.LocalResponseNorm) for m in model.modules())
+    names = list(model._modules)
+    assert names.index("drop6") == names.index("fc6") - 1 and names.index("drop7") == names.index("fc7") - 1
+    assert model.input_shape == (3, 224, 224)
+
+
+def test_torchvision_state_dict_gives_pytorchs_logits(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    theirs = _torch_torchvision_alexnet(1000).eval()
+    path = tmp_path / "alexnet.pth"
+    torch.save(theirs.state_dict(), path)
+    model = alexnet(variant="torchvision").eval()
+    model.load_state_dict(str(path))
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    with minidl.no_grad():
+        logits = model(minidl.Tensor(x)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
+    model.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})  # arrays too
+    np.testing.assert_array_equal(model.conv1.weight.numpy(), theirs.features[0].weight.detach().numpy())
