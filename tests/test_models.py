@@ -418,3 +418,16 @@ def test_torchvision_state_dict_gives_pytorchs_logits(tmp_path):
     assert (logits.argmax(axis=1) == expected.argmax(axis=1)).all()
     model.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})  # arrays too
     np.testing.assert_array_equal(model.conv1.weight.numpy(), theirs.features[0].weight.detach().numpy())
+
+
+def test_euronet_with_batch_norm():
+    model = euronet(batch_norm=True)
+    assert model.num_parameters() == 5_850_750 - 392 + 2 * 392
+    assert model.conv1.bias is None and isinstance(model.bn1, minidl.layers.BatchNorm2d)
+    names = list(model._modules)
+    assert names[:3] == ["conv1", "bn1", "relu1"]
+    assert "bn6.running_var" in model.state_dict() and "bn6.running_var" not in dict(model.named_parameters())
+    x = minidl.Tensor(np.random.default_rng(0).standard_normal((2, 13, 64, 64)).astype(np.float32))
+    model(x).sum().backward()
+    assert model.bn1.num_batches_tracked.item() == 1 and model.bn1.weight.grad is not None
+    assert model.eval()(x).shape == (2, 10)
