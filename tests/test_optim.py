@@ -432,3 +432,34 @@ def test_schedules_match_pytorch_and_resume():
         rates.append(optimizer.lr)
         expected.append(torch_optimizer.param_groups[0]["lr"])
     np.testing.assert_allclose(rates, expected, rtol=1e-12)
+
+
+def test_fit_with_adamw_warmup_cosine_and_batch_norm_resumes_exactly(tmp_path):
+    from minidl import layers, ops
+    from minidl.data import ArrayDataset, DataLoader
+    from minidl.optim import AdamW, CosineAnnealingLR, LinearLR, SequentialLR
+    from minidl.train import fit
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((40, 2, 6, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+
+    def run(epochs, out, resume=False):
+        minidl.manual_seed(0)
+        model = layers.Sequential(layers.Conv2d(2, 4, 3), layers.BatchNorm2d(4), layers.ReLU(),
+                                  layers.Flatten(), layers.Dropout(0.2), layers.Linear(64, 3))
+        optimizer = AdamW(model.parameters(), lr=0.01)
+        schedule = SequentialLR(optimizer, [LinearLR(optimizer, 0.2, total_iters=2),
+                                            CosineAnnealingLR(optimizer, T_max=3)], milestones=[2])
+        loader = DataLoader(ArrayDataset(images, labels, num_classes=3), 8, shuffle=True, seed=1)
+        fit(model, ops.cross_entropy, optimizer, loader, epochs, scheduler=schedule, out_dir=out,
+            resume=resume, progress=False)
+        return model.state_dict(), optimizer.lr
+
+    straight, lr = run(4, tmp_path / "straight")
+    run(2, tmp_path / "split")
+    resumed, resumed_lr = run(4, tmp_path / "split", resume=True)
+    assert resumed_lr == lr and list(resumed) == list(straight)
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    assert straight["1.num_batches_tracked"] == 4 * 5

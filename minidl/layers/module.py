@@ -263,6 +263,9 @@ class Module:
         state = OrderedDict((aliases.get(name, name), _as_numpy(value))
                             for name, value in state.items())
         own = self._state_tensors()
+        for name, value in state.items():  # a 0-d buffer may come back from a file as (1,)
+            if name in own and own[name].shape == () and value.shape == (1,):
+                state[name] = value.reshape(())
         missing = [n for n in own if n not in state]
         unexpected = [n for n in state if n not in own]
         if strict and (missing or unexpected):
