@@ -303,3 +303,12 @@ def test_dilation_and_padding_options_match_torch(config):
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-10, atol=1e-12)
     for mine, theirs in zip(tensors, ts):
         np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_layer_takes_pytorchs_arguments():
+    layer = minidl.layers.Conv2d(4, 6, 3, 1, "same", 2, 2, bias=False, dtype=np.float64)
+    x = np.random.default_rng(3).standard_normal((1, 4, 7, 6))
+    y = layer(minidl.Tensor(x))
+    np.testing.assert_allclose(y.numpy(), conv2d_simple(x, layer.weight.numpy(), None, 1, "same", 2, 2),
+                               rtol=1e-10, atol=1e-12)
+    assert "dilation=(2, 2)" in repr(layer) and "padding='same'" in repr(layer)

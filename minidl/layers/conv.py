@@ -6,7 +6,8 @@ from .module import Module, Parameter
 
 
 class Conv2d(Module):
-    """2-D convolution over an (N, C, H, W) input, as ``torch.nn.Conv2d``.
+    """2-D convolution over an (N, C, H, W) or (C, H, W) input, as ``torch.nn.Conv2d`` (same
+    arguments in the same order; ``padding`` may be "same" or "valid").
 
     Weights have shape (out_channels, in_channels // groups, kH, kW) and start, as in PyTorch,
     uniform in +-1/sqrt(fan_in); models that need another initialisation (AlexNet) set it.
@@ -14,8 +15,8 @@ class Conv2d(Module):
     otherwise), "im2col" or "winograd".
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=True, dtype=np.float32, algorithm="auto"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, dtype=np.float32, algorithm="auto"):
         super().__init__()
         if algorithm not in ops.conv.ALGORITHMS:
             raise ValueError(f"Conv2d: algorithm must be one of {ops.conv.ALGORITHMS}, "
@@ -30,7 +31,11 @@ class Conv2d(Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = checks.int_pair("Conv2d", "kernel_size", kernel_size, 1)
         self.stride = checks.int_pair("Conv2d", "stride", stride, 1)
-        self.padding = checks.int_pair("Conv2d", "padding", padding, 0)
+        self.dilation = checks.int_pair("Conv2d", "dilation", dilation, 1)
+        if padding in ("same", "valid"):
+            self.padding = padding
+        else:
+            self.padding = checks.int_pair("Conv2d", "padding", padding, 0)
         shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(np.empty(shape, dtype))
         self.bias = Parameter(np.empty(out_channels, dtype)) if bias else None
@@ -42,11 +47,14 @@ class Conv2d(Module):
     def forward(self, x, relu=False):
         """The convolution of ``x``; ``relu=True`` returns relu of it, fused (see ops.conv2d)."""
         return ops.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                          groups=self.groups, relu=relu, algorithm=self.algorithm)
+                          dilation=self.dilation, groups=self.groups, relu=relu,
+                          algorithm=self.algorithm)
 
     def extra_repr(self):
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding!r}")
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
         if self.groups != 1:
             text += f", groups={self.groups}"
         if self.bias is None:
