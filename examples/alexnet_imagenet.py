@@ -205,7 +205,7 @@ def picture_images(val):
 
     def picture(index):
         path, label = base.samples[index]
-        shown = crop(base.decode(path))
+        shown = crop(base.read(path, label))
         return normalize(to_array(shown)), label, shown
 
     return common.first_usable((indices[labels == c] for c in np.unique(labels)), picture)

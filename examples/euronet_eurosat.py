@@ -122,7 +122,7 @@ def picture_images(test, dataset):
 
     def picture(position):
         x, label = test[int(position)]
-        raw = dataset.decode(dataset.samples[int(test.indices[position])][0])
+        raw = dataset.read(*dataset.samples[int(test.indices[position])])
         shown = viz.to_display_image(raw[rgb] if rgb is not None else raw.mean(axis=0))
         return x, label, shown.resize((4 * shown.width, 4 * shown.height), Image.Resampling.NEAREST)
 

@@ -1,5 +1,5 @@
 """The run folder: one run per folder, a lock held for the run's life, the leftovers of a
-killed run, and a record of where a run ran.
+killed run; and what a run is made of: its recipe, and where it ran.
 
 ``fit(out_dir=...)`` calls ``claim(out_dir, resume, overwrite)`` before it writes anything:
 
@@ -20,6 +20,8 @@ killed run, and a record of where a run ran.
   ``checkpoint.write_atomically`` names them ``.<file>.<8 random characters>.tmp``) are deleted,
   named with their size. Nobody else can be writing them: the lock is held.
 
+``make_recipe`` and ``recipe_changes`` say what a resumed run must share with its checkpoint
+(the optimiser's and schedule's settings, the batch size, what the caller adds).
 ``environment()`` is what a checkpoint records about the process that wrote it: versions and
 thread settings. BLAS and Numba threads split sums differently, so a run resumed with other
 settings matches the uninterrupted one only to float rounding (about 1e-7), not bitwise;
@@ -32,6 +34,8 @@ import re
 import socket
 import sys
 import time
+
+import numpy as np
 
 try:
     import fcntl
@@ -298,14 +302,75 @@ def claim(folder, resume=False, overwrite=False):
     return RunFolder(folder, lock, created)
 
 
+# -- what a run is: its recipe ---------------------------------------------------------------
+# Entries of an optimiser's or schedule's state_dict that count what happened rather than
+# configure what happens: they are not part of the recipe.
+_COUNTERS = {"steps", "step", "epoch", "last_epoch", "best", "bad_epochs", "reductions", "base_lr",
+             "num_bad_epochs", "cooldown_counter", "t"}
+
+
+def _settings_of(component, prefix):
+    """The scalar settings in ``component.state_dict()`` (numbers, strings, short number
+    tuples), counters left out, under ``prefix``."""
+    settings = {}
+    for key, value in component.state_dict().items():
+        if key in _COUNTERS:
+            continue
+        if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
+            settings[prefix + key] = value.item() if isinstance(value, np.generic) else value
+        elif (isinstance(value, (tuple, list)) and len(value) <= 8
+              and all(isinstance(v, (int, float)) for v in value)):
+            settings[prefix + key] = list(value)
+    return settings
+
+
+def make_recipe(optimizer, scheduler, train_loader, given):
+    """What a resumed run must share with its checkpoint: the optimiser's settings (``lr``,
+    ``momentum``...), the schedule's (``scheduler.patience``...), the loader's batch size and
+    the caller's ``given`` entries (JSON values: the model variant, the class names...)."""
+    recipe = {"optimizer": type(optimizer).__name__}
+    recipe.update(_settings_of(optimizer, ""))
+    recipe["scheduler"] = None if scheduler is None else type(scheduler).__name__
+    if scheduler is not None:
+        recipe.update(_settings_of(scheduler, "scheduler."))
+    batch_size = getattr(train_loader, "batch_size", None)
+    if isinstance(batch_size, (int, np.integer)):
+        recipe["batch_size"] = int(batch_size)
+    for key, value in (given or {}).items():
+        try:
+            recipe[str(key)] = json.loads(json.dumps(value))  # tuples become lists, as when loaded
+        except (TypeError, ValueError):
+            raise TypeError(f"fit: recipe[{key!r}] must be a JSON value (number, string, list...), "
+                            f"got a {type(value).__name__}") from None
+    return recipe
+
+
+def _normalised(value):
+    return json.loads(json.dumps(value)) if isinstance(value, (tuple, list, dict)) else value
+
+
+def recipe_changes(saved, current):
+    """[(key, old, new)] for every entry that differs between two recipes (None: absent)."""
+    missing = object()
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = _normalised(saved.get(key, missing)), _normalised(current.get(key, missing))
+        if old != new:
+            changes.append((key, None if old is missing else old, None if new is missing else new))
+    return changes
+
+
+def describe_changes(changes):
+    """'lr 0.05 -> 0.5; momentum 0.9 -> 0.0'."""
+    return "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
+
+
 # -- where a run ran -------------------------------------------------------------------------
 def environment():
     """Versions and thread settings of this process, as a checkpoint records them."""
-    import numpy
-
     from . import __version__
 
-    record = {"python": platform.python_version(), "numpy": numpy.__version__, "minidl": __version__,
+    record = {"python": platform.python_version(), "numpy": np.__version__, "minidl": __version__,
               "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
     try:
         import numba

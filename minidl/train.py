@@ -231,6 +231,7 @@ class _Setup:
     last_checkpoint: Optional[tuple] = None   # (path, epoch, step) of the last state written
     snapshot: Optional[dict] = None           # on_nonfinite="reduce_lr": the state to go back to
     lr_reductions: int = 0
+    nonfinite_in_a_row: int = 0               # batches refused since the last good step
 
     @property
     def metric_names(self):
@@ -286,66 +287,6 @@ def _default_monitor(metric_names, has_val):
 
 
 # -- the recipe -----------------------------------------------------------------------------------
-# Entries of an optimiser's or schedule's state_dict that count what happened rather than
-# configure what happens: they are not part of the recipe.
-_COUNTERS = {"steps", "step", "epoch", "last_epoch", "best", "bad_epochs", "reductions", "base_lr",
-             "num_bad_epochs", "cooldown_counter", "t"}
-
-
-def _settings_of(component, prefix):
-    """The scalar settings in ``component.state_dict()`` (numbers, strings, short number
-    tuples), counters left out, under ``prefix``."""
-    settings = {}
-    for key, value in component.state_dict().items():
-        if key in _COUNTERS:
-            continue
-        if value is None or isinstance(value, (bool, int, float, str, np.integer, np.floating)):
-            settings[prefix + key] = value.item() if isinstance(value, np.generic) else value
-        elif (isinstance(value, (tuple, list)) and len(value) <= 8
-              and all(isinstance(v, (int, float)) for v in value)):
-            settings[prefix + key] = list(value)
-    return settings
-
-
-def _make_recipe(optimizer, scheduler, train_loader, given):
-    """What a resumed run must share with its checkpoint: the optimiser's settings (``lr``,
-    ``momentum``...), the schedule's (``scheduler.patience``...), the loader's batch size and
-    the caller's ``given`` entries (JSON values)."""
-    recipe = {"optimizer": type(optimizer).__name__}
-    recipe.update(_settings_of(optimizer, ""))
-    recipe["scheduler"] = None if scheduler is None else type(scheduler).__name__
-    if scheduler is not None:
-        recipe.update(_settings_of(scheduler, "scheduler."))
-    batch_size = getattr(train_loader, "batch_size", None)
-    if isinstance(batch_size, (int, np.integer)):
-        recipe["batch_size"] = int(batch_size)
-    for key, value in (given or {}).items():
-        try:
-            recipe[str(key)] = json.loads(json.dumps(value))  # tuples become lists, as when loaded
-        except (TypeError, ValueError):
-            raise TypeError(f"fit: recipe[{key!r}] must be a JSON value (number, string, list...), "
-                            f"got a {type(value).__name__}") from None
-    return recipe
-
-
-def _normalised(value):
-    return json.loads(json.dumps(value)) if isinstance(value, (tuple, list, dict)) else value
-
-
-def _recipe_changes(saved, current):
-    missing = object()
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = _normalised(saved.get(key, missing)), _normalised(current.get(key, missing))
-        if old != new:
-            changes.append((key, None if old is missing else old, None if new is missing else new))
-    return changes
-
-
-def _describe_changes(changes):
-    return "; ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
-
-
 def _check_recipe(setup, run, saved, path):
     """Compare the checkpoint's recipe with this run's: equal, or an error listing the changes,
     or -- accepted -- the changes, to apply once the state is loaded."""
@@ -353,13 +294,13 @@ def _check_recipe(setup, run, saved, path):
         warnings.warn(f"fit(resume=True): {path} holds no recipe (an older minidl wrote it), so a "
                       "changed learning rate, batch size or model cannot be noticed", ResumeWarning)
         return []
-    changes = _recipe_changes(saved["recipe"], setup.recipe)
+    changes = runs.recipe_changes(saved["recipe"], setup.recipe)
     for key, old, new in changes:
         if key in ("optimizer", "scheduler"):
             raise RecipeChangedError(f"fit: cannot resume {path}: it was written with {key} {old}, "
                                      f"this run has {new}", changes)
     if changes and not setup.accept_changed_recipe:
-        raise RecipeChangedError(f"fit: resuming {path} with a changed recipe ({_describe_changes(changes)}); "
+        raise RecipeChangedError(f"fit: resuming {path} with a changed recipe ({runs.describe_changes(changes)}); "
                                  "resume with the checkpoint's values, or accept the new ones "
                                  "(accept_changed_recipe=True)", changes)
     partial = saved["run"].get("partial")
@@ -382,7 +323,7 @@ def _apply_recipe_changes(setup, changes):
             if key == "lr" and scheduler is not None and getattr(scheduler, "base_lr", None) and optimizer.lr:
                 scheduler.base_lr *= new / optimizer.lr
             setattr(optimizer, key, tuple(new) if isinstance(new, list) else new)
-    print(f"resume: using the changed recipe (accepted): {_describe_changes(changes)}")
+    print(f"resume: using the changed recipe (accepted): {runs.describe_changes(changes)}")
 
 
 # -- the state a checkpoint holds -------------------------------------------------------------------
@@ -571,7 +512,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         metrics=metric_fns, predict=predict, monitor=monitor, val_ten_crop=val_ten_crop,
         progress=progress, generators=minidl_random.find_generators(model, train_loader, generators),
         files={}, parameters=list(model.parameters()),
-        recipe=_make_recipe(optimizer, scheduler, train_loader, recipe),
+        recipe=runs.make_recipe(optimizer, scheduler, train_loader, recipe),
         accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite)
     folder = None
     if out_dir is not None:
@@ -645,7 +586,7 @@ def _train_epoch(setup, run):
         first = skip
     bar = _progress_bar(setup.progress, total=setup.batches_per_epoch, initial=skip,
                         desc=f"epoch {run.epoch + 1}/{setup.epochs}")
-    complete, in_a_row = True, 0
+    complete = True
     start = time.perf_counter()
     try:
         for index, batch in enumerate(loader, start=first):
@@ -659,10 +600,10 @@ def _train_epoch(setup, run):
             totals["batches"] += 1
             if nonfinite is None:
                 run.step += 1
-                in_a_row = 0
+                setup.nonfinite_in_a_row = 0
             else:
-                in_a_row += 1
-                _on_nonfinite(setup, run, totals, nonfinite, in_a_row)
+                setup.nonfinite_in_a_row += 1
+                _on_nonfinite(setup, run, totals, nonfinite)
             if not bar.disable and totals["seen"]:
                 elapsed = totals["seconds"] + time.perf_counter() - start
                 postfix = {"loss": f"{totals['loss'] / totals['seen']:.4f}"}
@@ -744,7 +685,7 @@ def _last_good(setup):
     return f"the last good checkpoint is {path} ({epoch} epoch(s), step {step})"
 
 
-def _on_nonfinite(setup, run, totals, values, in_a_row):
+def _on_nonfinite(setup, run, totals, values):
     """What ``on_nonfinite`` says to do about the batch just refused (``totals["batches"]``-th
     of epoch ``run.epoch + 1``)."""
     loss_value, norm_squared = values
@@ -752,7 +693,7 @@ def _on_nonfinite(setup, run, totals, values, in_a_row):
     what = (f"step {step} (epoch {run.epoch + 1}, batch {totals['batches']}): "
             + (f"the loss is {loss_value}" if not math.isfinite(loss_value)
                else f"the gradient norm is {math.sqrt(norm_squared) if norm_squared >= 0 else norm_squared}"))
-    if setup.on_nonfinite == "skip" and in_a_row < SKIPS_IN_A_ROW:
+    if setup.on_nonfinite == "skip" and setup.nonfinite_in_a_row < SKIPS_IN_A_ROW:
         totals["skipped"] = totals.get("skipped", 0) + 1
         print(f"fit: {what}; batch skipped", file=sys.stderr, flush=True)
         return
@@ -802,7 +743,7 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
     the schedule and judge early stopping. Then save the checkpoint, the log line and the
     curves, and print the record. Returns whether early stopping ends the run."""
     epoch, names = run.epoch, setup.metric_names
-    seen = max(totals["seen"], 1)
+    seen = totals["seen"] or math.nan  # every batch skipped: no loss to report, not 0
     record = {"epoch": epoch + 1, "step": run.step, "train_loss": totals["loss"] / seen}
     record.update({f"train_{name}": totals[name] / seen for name in names})
     if setup.val_loader is not None:

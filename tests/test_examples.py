@@ -199,7 +199,18 @@ def test_alexnet_help(alexnet_example, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--data", "--epochs", "--batch-size", "--lr", "--variant", "--device", "--out",
-                   "--resume", "--max-steps"):
+                   "--resume", "--max-steps", "--overwrite", "--accept-changed-options", "--on-nonfinite",
+                   "--debug", "--check-files"):
+        assert option in text
+
+
+def test_euronet_help(euronet_example, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        euronet_example.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--resume", "--overwrite", "--accept-changed-options", "--on-nonfinite", "--debug",
+                   "--scale", "--nonfinite", "--bands"):
         assert option in text
 
 

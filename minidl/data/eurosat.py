@@ -171,9 +171,12 @@ class EuroSAT(FolderDataset):
                            "(--nonfinite mask) to replace them with their band's mean", "non-finite values")
         chw, count = mask_nonfinite(chw)
         with self._lock:
-            self.masked.append((path, count))
-        warnings.warn(f"{self.name}: {path}: replaced {count} NaN or infinite value(s) with their "
-                      "band's mean", SkippedFileWarning, stacklevel=4)
+            first = path not in {p for p, _ in self.masked}
+            if first:
+                self.masked.append((path, count))
+        if first:  # once per file, not at every epoch
+            warnings.warn(f"{self.name}: {path}: replaced {count} NaN or infinite value(s) with their "
+                          "band's mean", SkippedFileWarning, stacklevel=4)
         return chw
 
 

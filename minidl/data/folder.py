@@ -138,12 +138,17 @@ class FolderDataset:
         path, label = self.samples[index]
         return self._load(path, label, rng), label
 
-    def _load(self, path, label, rng):
+    def read(self, path, label=None):
+        """``decode(path)``, a failure recorded and warned about once (naming the file) and
+        raised as ``SkippedSample``: for code that reads files itself, such as pictures."""
         try:
-            image = self.decode(path)
+            return self.decode(path)
         except (BadImage,) + DECODE_ERRORS as error:
             self._skip(path, error, label)
             raise SkippedSample(path) from error
+
+    def _load(self, path, label, rng):
+        image = self.read(path, label)
         if self.transform is not None:
             try:
                 image = self.transform(image, rng)
@@ -177,6 +182,9 @@ class FolderDataset:
         reasons = ", ".join(f"{count} {kind}" for kind, count in sorted(self.skip_counts.items()))
         text = (f"{self.name} {self.root}: {found} files in {len(self.classes)} classes, "
                 f"{found - skipped} used, {skipped} skipped" + (f" ({reasons})" if reasons else ""))
+        masked = getattr(self, "masked", ())
+        if masked:
+            text += f"; {len(masked)} file(s) with NaN or infinite values masked"
         empty = self.empty_classes()
         text += f"; classes left with no usable file: {', '.join(empty)}" if empty else "; no class left empty"
         if not self.checked:
