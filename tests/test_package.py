@@ -90,3 +90,24 @@ def test_omp_wait_policy_defaults_to_passive_but_a_user_value_wins():
     program = "import os, minidl; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
     out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "unset"
+
+
+def _child(program, **env_changes):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_OPT", "MINIDL_CPU_ALLOCATOR",
+                        "MINIDL_NO_CONFIGURE")}
+    env.update(env_changes)
+    return subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True)
+
+
+def test_configure_sets_the_fast_defaults_before_numpy_and_numba_load():
+    out = _child("import minidl, os; s = minidl.cpu.configure(); "
+                 "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], os.environ['NUMBA_OPT'], s['allocator'])")
+    assert out.stdout.split() == ["4", "2", "tuned"], out.stderr
+    # NumPy first: OpenBLAS has read its settings already, so configure() leaves them alone.
+    out = _child("import numpy, os, minidl; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT', 'unset'))")
+    assert out.stdout.strip() == "unset", out.stderr
+    out = _child("import minidl; print(minidl.cpu.configure()['allocator'])", MINIDL_CPU_ALLOCATOR="system")
+    assert out.stdout.strip() == "system", out.stderr
+    out = _child("import minidl", MINIDL_CPU_ALLOCATOR="jemalloc")
+    assert out.returncode != 0 and "MINIDL_CPU_ALLOCATOR must be 'tuned'" in out.stderr
