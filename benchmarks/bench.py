@@ -2,62 +2,60 @@
 
     python benchmarks/bench.py                    # AlexNet b32 train + inference, EuroNet b50 train
     python benchmarks/bench.py --batch128         # also AlexNet training at batch 128 (slow)
+    python benchmarks/bench.py --busy             # the same with one core kept busy by a burner
+    python benchmarks/bench.py --cold             # the first step from an empty compile cache
     python benchmarks/bench.py --device cuda      # the same on a GPU (CuPy vs PyTorch CUDA)
-    python benchmarks/bench.py --repeats 7 --only alexnet-train-32
-    python benchmarks/bench.py --baseline ../minidl-old   # also another checkout of minidl
+    python benchmarks/bench.py --only euronet-train-50 --repeats 15
+    python benchmarks/bench.py --baseline /tmp/old            # also another checkout of minidl
+    python benchmarks/bench.py --variant "system-malloc:MINIDL_CPU_ALLOCATOR=system"
+
+What it measures is what a user gets: each framework with its own defaults and nothing opted
+into. The minidl worker does what a training script does -- ``import minidl`` first, which
+applies ``minidl.cpu.configure()`` -- and the PyTorch worker never imports minidl. Anything
+else is an opt-in that adds a row: ``--variant NAME:VAR=VALUE,...`` runs another minidl worker
+with those environment variables (``VAR=-`` removes one), ``--baseline DIR`` the minidl of
+another checkout (e.g. ``git worktree add /tmp/old HEAD~1``), to compare versions in one run.
 
 A training step is forward, loss, backward and the SGD update. Each case is warmed up first;
 the first step, which includes Numba/NVRTC compilation or loading it from cache, is reported
-separately as "first step". minidl and PyTorch steps alternate, so both see the same machine
-load, and the table gives medians with min-max.
+separately ("first step"; with ``--cold`` minidl's worker starts from an empty Numba cache, so
+it is a fresh install's first step, compilation included). The workers are asked for one step
+at a time, in turn, so all see the same machine load, and the table gives medians with
+min-max. Each framework runs each case in a worker process of its own: in one process, two
+frameworks share a malloc heap, caches and each other's idle threads, an effect no user
+running one of them sees. Peak memory is the worker's after its first two steps (VmHWM on
+the CPU, the memory pool's peak on the GPU).
 
-Processes: each framework runs each case in a worker process of its own, started fresh, and
-this script asks the two workers for one step at a time, in turn. Run in one process, the two
-frameworks share one malloc heap, one set of caches and each other's idle threads: that made
-minidl's AlexNet step ~8 % slower than alone (and its times twice as spread) while PyTorch's
-was unchanged, an effect no user running one framework sees. Peak memory is the worker's
-after its first two steps (VmHWM on the CPU, the memory pool's peak on the GPU).
-
-OpenBLAS: its worker threads spin for ~0.1 s after every matrix product, and on a 2-core
-machine they then take a core from the Numba kernel that runs next (im2col, pooling, LRN...).
-OPENBLAS_THREAD_TIMEOUT=4 (spin 2**4 cycles) stops that, but OpenBLAS reads it only when it is
-loaded, so this script sets it (unless already set) before anything imports NumPy; PyTorch
-has its own BLAS and threads and is not affected. Set it the same way in your own training
-scripts, or export it in the shell.
-
-Allocator: unless ``--default-allocator`` is given, both workers call
-``minidl.cpu.tune_cpu_allocator()`` first, so that glibc keeps the pages of freed large
-arrays for the next step instead of unmapping them (see its docstring). PyTorch gains from it
-too (its AlexNet step at batch 32 went from ~1630 to ~1470 ms here), so both get it.
-OpenMP: ``import minidl`` sets OMP_WAIT_POLICY=PASSIVE when unset; the PyTorch worker imports
-torch first, so PyTorch keeps its default spin-waiting, ~8 % faster for it on an idle machine.
+``--busy`` starts a burner process that keeps one core busy for the whole run (a machine
+shared with other work); compare its ratios with a quiet run's.
 """
 import os
 import sys
 
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # before NumPy is imported: see above
-if sys.argv[1:3] == ["--worker", "pytorch"]:
-    import torch  # noqa: F401  -- before minidl sets OMP_WAIT_POLICY: see "OpenMP" above
+if sys.argv[1:3] == ["--worker", "minidl"]:
+    # What a training script does: minidl first, so that its configure() comes before NumPy
+    # (OpenBLAS reads its thread settings when NumPy loads).
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import minidl  # noqa: F401
+elif sys.argv[1:3] == ["--worker", "pytorch"]:
+    import torch  # noqa: F401
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import minidl  # noqa: E402
-from minidl import ops  # noqa: E402
-from minidl.models import alexnet, euronet  # noqa: E402
-from minidl.optim import SGD  # noqa: E402
-
 # Per image: about 3x the 1.45 GFLOP forward (docs/MODELS.md), counted as direct convolution. The
 # table's "of matmul peak" is images/s times this over the measured matmul rate: for minidl an
-# effective figure, since Winograd does conv3-5 with 2.25x fewer multiply-adds.
+# effective figure, since Winograd does conv2-5 with fewer multiply-adds.
 ALEXNET_TRAIN_GFLOP = 4.3
 
 CASES = {
@@ -72,6 +70,12 @@ CASES = {
 # -- minidl ---------------------------------------------------------------------------------
 class MinidlCase:
     def __init__(self, model_name, batch, train, device):
+        import minidl
+        from minidl import ops
+        from minidl.models import alexnet, euronet
+        from minidl.optim import SGD
+
+        self.minidl = minidl
         minidl.manual_seed(0)
         rng = np.random.default_rng(0)
         self.device, self.train_mode = device, train
@@ -100,12 +104,12 @@ class MinidlCase:
             loss.backward()
             self.optimizer.step()
         else:
-            with minidl.no_grad():
+            with self.minidl.no_grad():
                 self.model(self.x)
         synchronize(self.device)
 
     def breakdown(self):
-        with minidl.profile(lambda: synchronize(self.device)) as prof:
+        with self.minidl.profile(lambda: synchronize(self.device)) as prof:
             self.step()
         return prof
 
@@ -118,11 +122,8 @@ def synchronize(device):
 
 # -- PyTorch reference (same networks, same shapes) -----------------------------------------
 def torch_available():
-    try:
-        import torch  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    """Whether PyTorch imports (asked of a child: this process never imports it)."""
+    return subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0
 
 
 class TorchCase:
@@ -130,9 +131,7 @@ class TorchCase:
         import torch
         from torch import nn
         torch.manual_seed(0)
-        if device == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
-        else:
+        if device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
             torch.backends.cudnn.allow_tf32 = tf32
             torch.backends.cudnn.benchmark = True
@@ -204,6 +203,26 @@ def matmul_peak_gflops(device, n=2048, repeats=5):
     return 2 * n ** 3 / min(times) / 1e9
 
 
+def cpu_description():
+    """The CPU model and the widest vector ISA it has, from /proc/cpuinfo (Linux)."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    isa = next((name for name, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("AVX", "avx"))
+                if flag in flags), "SSE")
+    return f"{model}, {isa}, {os.cpu_count()} cores"
+
+
 def peak_memory_bytes(framework, runner, device):
     if device != "cuda":
         return peak_rss_bytes()
@@ -248,18 +267,18 @@ def worker(framework, case, device, tf32, channel):
 
 
 class Worker:
-    """The parent's end of one worker process. ``checkout``: run the worker of another minidl
-    checkout's ``benchmarks/bench.py`` (same protocol), to compare two versions in one run."""
+    """The parent's end of one worker process: ``framework`` ("minidl" or "pytorch") from this
+    checkout, or from ``checkout``'s ``benchmarks/bench.py`` (same protocol), with ``env``."""
 
-    def __init__(self, framework, case, args, checkout=None):
-        self.name = f"{framework} worker for {case}"
+    def __init__(self, label, framework, case, args, env=None, checkout=None):
+        self.label = label
+        self.name = f"{label} worker for {case}"
         script = os.path.abspath(__file__) if checkout is None else os.path.join(
             checkout, "benchmarks", "bench.py")
-        command = [sys.executable, script, "--worker", framework, case,
-                   "--device", args.device] + (["--tf32"] if args.tf32 else []) + (
-            ["--default-allocator"] if args.default_allocator else [])
+        command = [sys.executable, script, "--worker", framework, case, "--device", args.device]
+        command += ["--tf32"] if args.tf32 else []
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
+                                        text=True, env=env)
 
     def read(self):
         line = self.process.stdout.readline()
@@ -278,13 +297,46 @@ class Worker:
             self.process.wait()
 
 
-def run_case(case, args, with_torch):
-    batch = CASES[case][1]
-    workers = {"minidl": Worker("minidl", case, args)}
+def parse_variant(text):
+    """"NAME:VAR=VALUE,VAR2=-" -> (name, {VAR: VALUE, VAR2: None})."""
+    name, _, assignments = text.partition(":")
+    changes = {}
+    for item in filter(None, assignments.split(",")):
+        variable, _, value = item.partition("=")
+        changes[variable] = None if value == "-" else value
+    if not name or not changes:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME:VAR=VALUE[,...]")
+    return name, changes
+
+
+def environment(changes, cold_cache=None):
+    env = dict(os.environ)
+    for variable, value in changes.items():
+        if value is None:
+            env.pop(variable, None)
+        else:
+            env[variable] = value
+    if cold_cache is not None:
+        env["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-", dir=cold_cache)
+    return env
+
+
+def start_workers(case, args, with_torch, cold_cache):
+    workers = [Worker("minidl", "minidl", case, args, environment({}, cold_cache))]
+    for name, changes in args.variant:
+        workers.append(Worker(f"minidl {name}", "minidl", case, args,
+                              environment(changes, cold_cache)))
     if args.baseline:
-        workers["baseline"] = Worker("minidl", case, args, checkout=args.baseline)
+        workers.append(Worker("baseline", "minidl", case, args, environment({}, cold_cache),
+                              checkout=args.baseline))
     if with_torch:
-        workers["pytorch"] = Worker("pytorch", case, args)
+        workers.append(Worker("pytorch", "pytorch", case, args))
+    return {w.label: w for w in workers}
+
+
+def run_case(case, args, with_torch, cold_cache):
+    batch = CASES[case][1]
+    workers = start_workers(case, args, with_torch, cold_cache)
     try:
         for w in workers.values():
             w.read()  # ready: model built
@@ -294,7 +346,7 @@ def run_case(case, args, with_torch):
         peaks = {name: w.ask("peak")["peak_gib"] for name, w in workers.items()}  # two steps
         samples = {name: [] for name in workers}
         for _ in range(args.repeats):
-            for name, w in workers.items():  # alternate, so both see the same machine
+            for name, w in workers.items():  # alternate, so all see the same machine
                 samples[name].append(w.ask("step")["seconds"])
         breakdown = {(op, tuple(shape), direction): seconds for op, shape, direction, seconds
                      in workers["minidl"].ask("breakdown")["breakdown"]}
@@ -307,12 +359,20 @@ def run_case(case, args, with_torch):
 def format_breakdown(seconds, top=14):
     rows = sorted(seconds.items(), key=lambda kv: -kv[1])
     total = sum(seconds.values())
-    lines = [f"  {'op':<22} {'input shape':<22} {'pass':<9} {'ms':>8} {'share':>6}"]
+    lines = [f"  {'op':<24} {'input shape':<22} {'pass':<9} {'ms':>8} {'share':>6}"]
     for (name, shape, direction), seconds in rows[:top]:
-        lines.append(f"  {name:<22} {str(shape):<22} {direction:<9} {1e3 * seconds:8.1f} "
+        lines.append(f"  {name:<24} {str(shape):<22} {direction:<9} {1e3 * seconds:8.1f} "
                      f"{100 * seconds / total:5.1f}%")
-    lines.append(f"  {'all ops':<54} {1e3 * total:8.1f}")
+    lines.append(f"  {'all ops':<56} {1e3 * total:8.1f}")
     return "\n".join(lines)
+
+
+def burn(stop):
+    """Keep one core busy until ``stop`` is set: the other work of a shared machine."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100000):
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
 
 
 def main():
@@ -323,18 +383,21 @@ def main():
     parser.add_argument("--only", nargs="*", choices=sorted(CASES))
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--tf32", action="store_true", help="GPU: allow TF32 matrix products in both")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="do not call minidl.cpu.tune_cpu_allocator() (see the docstring)")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy with a burner process for the whole run")
+    parser.add_argument("--cold", action="store_true",
+                        help="minidl's workers start from an empty Numba cache: the first step "
+                             "is a fresh install's, compilation included")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[],
+                        metavar="NAME:VAR=VALUE,...",
+                        help="add a row: minidl with these environment variables (VAR=- unsets)")
     parser.add_argument("--baseline", metavar="CHECKOUT",
-                        help="also time the minidl of another checkout (e.g. a git worktree of an "
-                             "earlier commit), as the row 'baseline'")
+                        help="add a row: the minidl of another checkout (e.g. a git worktree of an "
+                             "earlier commit)")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda" and args.tf32:
         os.environ["CUPY_TF32"] = "1"  # before CuPy is imported; inherited by the workers
-    allocator = "glibc default allocator"
-    if args.device == "cpu" and not args.default_allocator and minidl.cpu.tune_cpu_allocator():
-        allocator = "tune_cpu_allocator() on (both frameworks)"
     if args.worker:
         # The answers go out on a copy of stdout; stdout itself then points at stderr, so
         # that nothing else printed in the worker can garble them.
@@ -344,34 +407,49 @@ def main():
         worker(*args.worker, args.device, args.tf32, channel)
         return
     cases = args.only or [c for c in CASES if c != "alexnet-train-128" or args.batch128]
-    with_torch = torch_available() and not args.no_torch
+    with_torch = not args.no_torch and torch_available()
     peak = matmul_peak_gflops(args.device)
-    print(f"device {args.device}; {os.cpu_count()} CPU cores; NumPy {np.__version__}; "
-          f"float32 matmul 2048^3: {peak:.0f} GFLOP/s"
-          + (f"; PyTorch {__import__('torch').__version__}" if with_torch else "; PyTorch not installed")
+    print(f"device {args.device}; {cpu_description()}; NumPy {np.__version__}; float32 matmul "
+          f"2048^3: {peak:.0f} GFLOP/s; "
+          + (f"PyTorch {subprocess.check_output([sys.executable, '-c', 'import torch; print(torch.__version__)'], text=True).strip()}"
+             if with_torch else "PyTorch not installed")
           + ("; TF32 allowed" if args.tf32 else "; TF32 off")
-          + f"; {allocator}; OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}"
-          + "; one worker process per framework and case")
+          + ("; one core kept busy by a burner" if args.busy else "; no other load started")
+          + ("; minidl from an empty Numba cache" if args.cold else "")
+          + "; each framework with its defaults, one worker process per framework and case")
+    stop = multiprocessing.Event()
+    burner = multiprocessing.Process(target=burn, args=(stop,), daemon=True) if args.busy else None
+    cold_cache = tempfile.mkdtemp(prefix="minidl-bench-") if args.cold else None
+    if burner:
+        burner.start()
     table, details = [], []
-    for case in cases:
-        batch, first, samples, peaks, breakdown = run_case(case, args, with_torch)
-        rates = {}
-        for name, times in samples.items():
-            median = statistics.median(times)
-            rates[name] = batch / median
-            memory = peaks[name]
-            share = ""
-            if case.startswith("alexnet-train"):
-                share = f"{100 * rates[name] * ALEXNET_TRAIN_GFLOP / peak:5.1f}%"
-            table.append(f"| {case} | {name} | {batch / median:7.1f} | {1e3 * median:8.0f} "
-                         f"({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | {1e3 * first[name]:7.0f} "
-                         f"| {memory:5.2f} | {share} |")
-        for other in ("baseline", "pytorch"):
-            if other in rates:
-                table.append(f"| {case} | **minidl / {other}** | "
-                             f"**{rates['minidl'] / rates[other]:.2f}x** | | | | |")
-        details.append(f"\n{case}: minidl per-op breakdown of one step\n{format_breakdown(breakdown)}")
-    print("\n| case | framework | img/s | step ms median (min-max) | first step ms | peak GiB | of matmul peak |")
+    try:
+        for case in cases:
+            batch, first, samples, peaks, breakdown = run_case(case, args, with_torch, cold_cache)
+            rates = {}
+            for name, times in samples.items():
+                median = statistics.median(times)
+                rates[name] = batch / median
+                share = ""
+                if case.startswith("alexnet-train"):
+                    share = f"{100 * rates[name] * ALEXNET_TRAIN_GFLOP / peak:5.1f}%"
+                table.append(f"| {case} | {name} | {batch / median:7.1f} | {1e3 * median:8.0f} "
+                             f"({1e3 * min(times):.0f}-{1e3 * max(times):.0f}) | "
+                             f"{1e3 * first[name]:7.0f} | {peaks[name]:5.2f} | {share} |")
+            for other in rates:
+                if other != "minidl":
+                    table.append(f"| {case} | **minidl / {other}** | "
+                                 f"**{rates['minidl'] / rates[other]:.2f}x** | | | | |")
+            details.append(f"\n{case}: minidl per-op breakdown of one step\n"
+                           f"{format_breakdown(breakdown)}")
+    finally:
+        if burner:
+            stop.set()
+            burner.join()
+        if cold_cache:
+            shutil.rmtree(cold_cache, ignore_errors=True)
+    print("\n| case | framework | img/s | step ms median (min-max) | first step ms | peak GiB "
+          "| of matmul peak |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(table))
     print("\n".join(details))
