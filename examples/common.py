@@ -76,7 +76,8 @@ class Example:
         try:
             return main(args)
         except TrainingInterrupted as stop:
-            if stop.saved:
+            if stop.saved or (self.folder is not None
+                              and (Path(self.folder.path) / "checkpoint.npz").exists()):
                 print(f"{self.prog}: {stop}; to continue: {resume_command(self.prog, argv)}",
                       file=sys.stderr, flush=True)
             else:

@@ -349,12 +349,16 @@ def _normalised(value):
     return json.loads(json.dumps(value)) if isinstance(value, (tuple, list, dict)) else value
 
 
-def recipe_changes(saved, current):
-    """[(key, old, new)] for every entry that differs between two recipes (None: absent)."""
+def recipe_changes(saved, current, compare_absent=()):
+    """[(key, old, new)] for every entry that differs between two recipes (None: absent). A
+    key that only one side has counts only if it is in ``compare_absent`` (the caller's own
+    entries): an optimiser that gained a setting in a newer minidl does not block a resume."""
     missing = object()
     changes = []
     for key in sorted(set(saved) | set(current)):
         old, new = _normalised(saved.get(key, missing)), _normalised(current.get(key, missing))
+        if (old is missing or new is missing) and key not in compare_absent:
+            continue
         if old != new:
             changes.append((key, None if old is missing else old, None if new is missing else new))
     return changes

@@ -225,6 +225,7 @@ class _Setup:
     files: dict               # "checkpoint.npz", "best.npz", ... -> path; empty without out_dir
     parameters: list          # the model's parameters, for the gradient norm
     recipe: dict              # the settings a resumed run must share with its checkpoint
+    recipe_keys: set          # the caller's own recipe entries: a resume must have them all
     accept_changed_recipe: bool
     on_nonfinite: str
     stop: Any = None          # the _GracefulStop watching SIGINT/SIGTERM
@@ -294,7 +295,8 @@ def _check_recipe(setup, run, saved, path):
         warnings.warn(f"fit(resume=True): {path} holds no recipe (an older minidl wrote it), so a "
                       "changed learning rate, batch size or model cannot be noticed", ResumeWarning)
         return []
-    changes = runs.recipe_changes(saved["recipe"], setup.recipe)
+    changes = runs.recipe_changes(saved["recipe"], setup.recipe,
+                                  setup.recipe_keys | set(saved.get("recipe_keys") or ()))
     for key, old, new in changes:
         if key in ("optimizer", "scheduler"):
             raise RecipeChangedError(f"fit: cannot resume {path}: it was written with {key} {old}, "
@@ -337,7 +339,7 @@ def _capture(setup, run, rng_state, model_state, epoch):
         run=run.state_dict(), rng=rng_state, monitor=setup.monitor,
         loader={"seed": getattr(loader, "seed", None), "epoch": epoch,
                 "state": loader.state_dict() if hasattr(loader, "state_dict") else None},
-        recipe=setup.recipe, environment=runs.environment())
+        recipe=setup.recipe, recipe_keys=sorted(setup.recipe_keys), environment=runs.environment())
 
 
 _REQUIRED = ("model", "optimizer", "scheduler", "run", "rng", "loader")
@@ -513,6 +515,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         progress=progress, generators=minidl_random.find_generators(model, train_loader, generators),
         files={}, parameters=list(model.parameters()),
         recipe=runs.make_recipe(optimizer, scheduler, train_loader, recipe),
+        recipe_keys={"optimizer", "scheduler", "batch_size"} | {str(key) for key in (recipe or {})},
         accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite)
     folder = None
     if out_dir is not None:
