@@ -288,7 +288,7 @@ def _default_monitor(metric_names, has_val):
 
 
 # -- the recipe -----------------------------------------------------------------------------------
-def _check_recipe(setup, run, saved, path):
+def _check_recipe(setup, saved, path):
     """Compare the checkpoint's recipe with this run's: equal, or an error listing the changes,
     or -- accepted -- the changes, to apply once the state is loaded."""
     if saved.get("recipe") is None:
@@ -390,7 +390,7 @@ def _resume(setup, run, resume):
     missing = [key for key in _REQUIRED if key not in saved]
     if missing:
         raise checkpoint.CheckpointError(f"checkpoint {path!r} lacks {missing}: it cannot be resumed")
-    changes = _check_recipe(setup, run, saved, path)
+    changes = _check_recipe(setup, saved, path)
     loader_state = _restore(setup, run, saved, repr(path))
     if changes:
         _apply_recipe_changes(setup, changes)
@@ -398,7 +398,8 @@ def _resume(setup, run, resume):
     if loader_state.get("seed") is not None and seed != loader_state["seed"]:
         warnings.warn(f"fit(resume=True): the train loader's seed is {seed}, the checkpoint's "
                       f"{loader_state['seed']}: the batches will differ from the original run")
-    differences = runs.environment_differences(saved.get("environment") or {}, runs.environment())
+    differences = (runs.environment_differences(saved["environment"], runs.environment())
+                   if saved.get("environment") else [])  # an older checkpoint has no record
     if differences:
         warnings.warn(f"fit(resume=True): {path} was written with other settings ({'; '.join(differences)}): "
                       "the resumed run can differ from an uninterrupted one at the level of float "

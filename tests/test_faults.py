@@ -526,7 +526,7 @@ def test_4_ctrl_c_in_the_euronet_example_saves_prints_how_to_resume_and_exits_13
     assert running.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("euronet_eurosat.py: stopped by SIGINT after step") and "Traceback" not in err
-    assert last.endswith(f"--epochs 30 --resume") and "to continue: python " in last
+    assert last.endswith("--epochs 30 --resume") and "to continue: python " in last
     saved = checkpoint.load(out / "checkpoint.npz")
     assert saved["run"]["epoch"] >= 1  # the signal came after epoch 1's line
     finish = command[:-2] + ["--epochs", str(saved["run"]["epoch"] + 1), "--resume", "--grad-cam-images", "0"]
