@@ -96,13 +96,13 @@ _kernels = cuda.KernelFile(__file__)
 # B^T a, B e (the adjoint), A^T e and A g for one vector; k = (2, 4, 5, 8, 0) in the array's
 # dtype (``_constants``), so float32 stays float32.
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _constants(array):
     real = array.dtype.type
     return real(2), real(4), real(5), real(8), real(0)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _bt(a0, a1, a2, a3, a4, a5, k):
     return (k[1] * a0 - k[2] * a2 + a4,
             a3 + a4 - k[1] * (a1 + a2),
@@ -112,7 +112,7 @@ def _bt(a0, a1, a2, a3, a4, a5, k):
             k[1] * a1 - k[2] * a3 + a5)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _b(e0, e1, e2, e3, e4, e5, k):
     return (k[1] * e0,
             k[1] * (e2 - e1) + k[0] * (e4 - e3) + k[1] * e5,
@@ -122,7 +122,7 @@ def _b(e0, e1, e2, e3, e4, e5, k):
             e5)
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _at(e0, e1, e2, e3, e4, e5, m, k):
     """A^T e: four outputs for m = 4; for m = 2 two, and two zeros."""
     plus, minus = e1 + e2, e1 - e2
@@ -132,7 +132,7 @@ def _at(e0, e1, e2, e3, e4, e5, m, k):
     return e0 + plus + (e3 + e4), minus + k[0] * (e3 - e4) + e5, k[4], k[4]
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _a(g0, g1, g2, g3, m, k):
     """A g for the m values g0 .. g(m-1) of a block's row or column (the rest ignored)."""
     if m == 4:
@@ -141,7 +141,7 @@ def _a(g0, g1, g2, g3, m, k):
     return g0, g0 + g1, g0 - g1, g0 + k[0] * g1, g0 - k[0] * g1, g1
 
 
-@njit(inline="always", cache=True)
+@njit(cache=True)
 def _copy(source, target):
     # An explicit loop: Numba's slice assignment takes a generic strided path, twice as slow.
     for p in range(target.size):
@@ -454,13 +454,12 @@ class WinogradConv2dFunction(Function):
         return u.reshape(ALPHA * ALPHA, out_channels, channels_per_group)
 
     def _products(self, xp, u, v, m):
-        """m[f, group rows] = u[f, group rows] @ v[f, group channels], for the 36 f and each group."""
+        """m[f, group g] = u[f, g] @ v[f, g], for the 36 f and every group: one batched matmul."""
         geo = self.tiling.geo
-        og, cg = geo.out_per_group, geo.channels_per_group
-        for f in range(ALPHA * ALPHA):
-            for g in range(geo.groups):
-                xp.matmul(u[f, g * og:(g + 1) * og], v[f, g * cg:(g + 1) * cg],
-                          out=m[f, g * og:(g + 1) * og])
+        n_cols = v.shape[2]
+        xp.matmul(u.reshape(ALPHA * ALPHA, geo.groups, geo.out_per_group, geo.channels_per_group),
+                  v.reshape(ALPHA * ALPHA, geo.groups, geo.channels_per_group, n_cols),
+                  out=m.reshape(ALPHA * ALPHA, geo.groups, geo.out_per_group, n_cols))
 
     def backward(self, grad_output):
         x, u, kept, y = self.saved
@@ -493,19 +492,18 @@ class WinogradConv2dFunction(Function):
             if not (need_x or need_w):
                 continue
             v, dv = self._transformed_input(x, kept, start, b, need_w)
-            for f in range(ALPHA * ALPHA):
-                for g in range(geo.groups):
-                    dm_fg = dm[f, g * og:(g + 1) * og]
-                    v_fg = v[f, g * cg:(g + 1) * cg]
-                    if need_w:
-                        if start == 0:
-                            xp.matmul(v_fg, dm_fg.T, out=grad_ut[f, g])
-                        else:
-                            grad_ut[f, g] += xp.matmul(v_fg, dm_fg.T)
-                    if need_x:
-                        # v_fg has given all it had to dU: dv may overwrite it.
-                        xp.matmul(u[f, g * og:(g + 1) * og].T, dm_fg, out=dv[f, g * cg:(g + 1) * cg])
+            # One batched matmul per product, over the 36 entries and the groups: (36, G, rows,
+            # B*T). dU first, since dV may overwrite V (they share the workspace).
+            dm4 = dm.reshape(ALPHA * ALPHA, geo.groups, og, b * n_cols)
+            if need_w:
+                v4 = v.reshape(ALPHA * ALPHA, geo.groups, cg, b * n_cols)
+                if start == 0:
+                    xp.matmul(v4, dm4.swapaxes(2, 3), out=grad_ut)
+                else:
+                    grad_ut += xp.matmul(v4, dm4.swapaxes(2, 3))
             if need_x:
+                xp.matmul(u.reshape(ALPHA * ALPHA, geo.groups, og, cg).swapaxes(2, 3), dm4,
+                          out=dv.reshape(ALPHA * ALPHA, geo.groups, cg, b * n_cols))
                 steps.input_adjoint(dv, grad_x[start:start + b], tiling)
 
         grad_w = None
