@@ -601,7 +601,7 @@ def _train_epoch(setup, run):
                 complete = False
                 break
             nonfinite = _train_step(setup, batch, totals)
-            totals["batches"] += 1
+            totals["batches"] = _batches_consumed(loader, run.epoch, totals["batches"] + 1)
             if nonfinite is None:
                 run.step += 1
                 setup.nonfinite_in_a_row = 0
@@ -624,6 +624,20 @@ def _train_epoch(setup, run):
     if totals["seen"] == 0 and complete and not totals.get("skipped"):
         raise ValueError(f"fit: the train loader yielded no batches in epoch {run.epoch + 1}")
     return totals, complete
+
+
+def _batches_consumed(loader, epoch, counted):
+    """Where the epoch stands, in the loader's batches: the loader's own count where its
+    ``state_dict()`` keeps one (``minidl.data.DataLoader`` yields nothing for a batch whose
+    every file was unreadable, yet that batch was used up), else the batches seen."""
+    state = loader.state_dict() if hasattr(loader, "state_dict") else None
+    if not (isinstance(state, dict) and isinstance(state.get("batch"), int) and "epoch" in state):
+        return counted
+    if state["epoch"] == epoch:
+        return state["batch"]
+    if state["epoch"] == epoch + 1 and state["batch"] == 0:
+        return len(loader)
+    return counted
 
 
 def _train_step(setup, batch, totals):

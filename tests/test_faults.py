@@ -734,6 +734,42 @@ def test_10_a_thin_strip_is_skipped_by_name_before_any_memory_is_taken(tmp_path)
     assert "2 files in 1 classes, 1 used, 1 skipped (1 too large)" in dataset.summary()
 
 
+class Unreadable:
+    """An in-memory dataset in which some samples cannot be read, as undecodable files."""
+
+    def __init__(self, dataset, bad):
+        self.dataset, self.bad = dataset, set(bad)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def get(self, index, rng):
+        if index in self.bad:
+            raise SkippedSample(f"sample {index}")
+        return self.dataset.get(index, rng)
+
+
+def test_10_a_stop_after_a_batch_of_unreadable_files_resumes_at_the_right_batch(tmp_path):
+    """With batch size 1 an unreadable file is a whole batch the loader yields nothing for:
+    the position a stop records must count it, or the resumed run trains a sample twice."""
+    def run(out, **options):
+        minidl.manual_seed(0)
+        model = layers.Sequential(layers.Flatten(), layers.Linear(8, 3))
+        optimizer = SGD(model.parameters(), lr=0.05)
+        x, y = blobs(12, 0)
+        loader = DataLoader(Unreadable(ArrayDataset(x, y), bad=range(0, 12, 4)), 1, shuffle=True, seed=0,
+                            num_workers=0)
+        fit(model, ops.softmax_cross_entropy, optimizer, loader, 2, out_dir=out, progress=False,
+            metrics=(top1,), **options)
+        return weights(model)
+
+    uninterrupted = run(tmp_path / "full")
+    run(tmp_path / "split", max_steps=13)
+    # 9 readable samples per epoch: 4 steps into epoch 2, and more batches than that used up.
+    assert checkpoint.load(tmp_path / "split" / "checkpoint.npz")["run"]["partial"]["batches"] > 13 - 9
+    assert_bitwise_equal(run(tmp_path / "split", resume=True), uninterrupted)
+
+
 # == 11. wrong input accepted silently ====================================================================
 def test_11_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     gradient = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (4, 1))
