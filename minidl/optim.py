@@ -324,10 +324,11 @@ class Adam:
                 state["step"] += 1
                 t = state["step"]
                 real = w.dtype.type
-                scalars = (real(1 - lr * decay if self.decoupled_weight_decay else 1.0),
-                           real(0.0 if self.decoupled_weight_decay else decay), real(1 - beta1),
-                           real(1 - (1 - beta1)), real(beta2), real(1 - beta2), real(-(lr / (1 - beta1 ** t))),
-                           real((1 - beta2 ** t) ** 0.5), real(self.eps), self.amsgrad)
+                decoupled = self.decoupled_weight_decay
+                scalars = (real(1 - lr * decay if decoupled else 1.0), real(0.0 if decoupled else decay),
+                           real(1 - beta1), real(1 - (1 - beta1)), real(beta2), real(1 - beta2),
+                           real(-(lr / (1 - beta1 ** t))), real((1 - beta2 ** t) ** 0.5),
+                           real(self.eps), self.amsgrad)
                 update = backend.pick(w, cpu=_adam_cpu, cuda=_adam_cuda)
                 v_max = state.get("max_exp_avg_sq", state["exp_avg_sq"])
                 update(w, g, state["exp_avg"], state["exp_avg_sq"], v_max, *scalars)
@@ -337,8 +338,8 @@ class Adam:
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay, "amsgrad": self.amsgrad,
                 "decoupled_weight_decay": self.decoupled_weight_decay,
-                "state": [None if st is None else {k: (v if k == "step" else backend.to_numpy(v).copy())
-                                                   for k, v in st.items()} for st in self.state]}
+                "state": [None if st is None else {k: _saved(k, v) for k, v in st.items()}
+                          for st in self.state]}
 
     def load_state_dict(self, state):
         saved = state["state"]
@@ -349,7 +350,8 @@ class Adam:
             if st is not None and tuple(np.shape(st["exp_avg"])) != tuple(p.shape):
                 raise ValueError(f"{self.name}.load_state_dict: state {i} has shape "
                                  f"{np.shape(st['exp_avg'])}, its parameter {tuple(p.shape)}")
-        self.lr, self.betas, self.eps = state["lr"], tuple(map(float, state["betas"])), float(state["eps"])
+        self.lr, self.eps = state["lr"], float(state["eps"])
+        self.betas = tuple(map(float, state["betas"]))
         self.weight_decay, self.amsgrad = float(state["weight_decay"]), bool(state["amsgrad"])
         self.decoupled_weight_decay = bool(state["decoupled_weight_decay"])
         self.state = []
@@ -358,12 +360,17 @@ class Adam:
                 self.state.append(None)
                 continue
             xp = backend.array_module(p.data)
-            self.state.append({k: (int(v) if k == "step" else xp.asarray(np.asarray(v), dtype=p.dtype).copy())
-                               for k, v in st.items()})
+            self.state.append({k: int(v) if k == "step" else
+                               xp.asarray(np.asarray(v), dtype=p.dtype).copy() for k, v in st.items()})
 
     def __repr__(self):
         return (f"{self.name}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay}" + (", amsgrad=True" if self.amsgrad else "") + ")")
+
+
+def _saved(name, value):
+    """A state entry as a checkpoint holds it: the step as an int, arrays as NumPy copies."""
+    return value if name == "step" else backend.to_numpy(value).copy()
 
 
 class AdamW(Adam):
