@@ -9,10 +9,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["minidl", "minidl.*"]),
-    package_data={"minidl": ["ops/*.cu", "testing/*.h"]},
+    package_data={"minidl": ["*.cu", "ops/*.cu", "ops/*.cuh", "testing/*.h"]},
     install_requires=[
         "numpy>=1.24",       # arrays and the CPU matrix products (OpenBLAS)
-        "numba>=0.58",       # compiled, parallel CPU loops: im2col, pooling, LRN
+        "numba>=0.58",       # compiled CPU loops: im2col, Winograd's transforms, pooling, LRN
+        "threadpoolctl>=3.1",  # one BLAS thread per product while minidl's threads run many
         "pillow>=9.0",       # JPEG/PNG decoding, the pictures and the training curves
         "tqdm>=4.60",        # progress bars in training
         "tifffile>=2022.5",  # EuroSAT's 13-band GeoTIFFs
