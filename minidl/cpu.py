@@ -6,14 +6,19 @@ run", as ``cuda.py`` does for the CUDA kernels.
 * ``configure()`` -- called by ``import minidl`` -- sets minidl's process-wide defaults
   (environment variables, each only if the user has not set it, and the allocator), so that a
   user gets the fast settings without asking. ``MINIDL_NO_CONFIGURE=1`` turns it all off.
-* ``parallel_kernel`` compiles a Numba loop with ``prange`` and runs it on one thread when
-  its arrays are small (the one place where that decision is made).
+* ``kernel`` compiles a CPU kernel, written as the work of a range of items, and launches it
+  on minidl's threads in chunks handed out one at a time (``run_items``); ``matmul_many`` runs
+  a stack of matrix products on the same threads. Both decide, in one place, when the work is
+  too small to be worth more than one thread.
 * ``tune_cpu_allocator()`` keeps freed memory in the process.
 """
+import concurrent.futures
 import contextlib
 import functools
+import itertools
 import os
 import sys
+import threading
 
 # Below this many elements a Numba kernel runs on one thread: waking the others costs more
 # than the work (tens of microseconds on an idle machine, milliseconds on a busy one).
@@ -24,11 +29,11 @@ def configure():
     """Set minidl's process-wide defaults, keeping any value the user has set; returns what
     they are now (``{}`` when turned off).
 
-    * ``OMP_WAIT_POLICY=PASSIVE``: by default OpenMP workers (Numba's parallel loops) spin
-      after each parallel region waiting for more work; on a small machine they then steal
-      the cores from OpenBLAS and from every other process, and a small network's step ran
-      many times slower on a busy machine. PASSIVE makes them sleep. It takes effect only if
-      set before the OpenMP runtime loads, which Numba does on its first parallel call.
+    * ``OMP_WAIT_POLICY=PASSIVE``: by default OpenMP workers spin after each parallel region
+      waiting for more work, and on a small machine steal the cores from every other thread
+      and process. minidl's own kernels do not use OpenMP, but a library in the same process
+      may; PASSIVE makes its workers sleep. It takes effect only if set before the OpenMP
+      runtime loads.
     * ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's worker threads spin for about 0.1 s after
       each matrix product, and on a small machine take the cores from the Numba loops that
       follow; 4 makes them sleep almost at once. OpenBLAS reads it when NumPy is first
@@ -64,13 +69,70 @@ def configure():
     return settings
 
 
+# -- minidl's CPU threads ----------------------------------------------------------------------
+# A CPU kernel is written like a CUDA kernel: as the work of a range of items (planes, rows,
+# elements), ``kernel(first, stop, ...)`` doing items first .. stop-1 and touching nothing that
+# another item owns. ``run_items`` cuts the items into chunks and hands them out one at a time
+# to minidl's threads -- the calling thread and a small pool -- so a thread that the OS puts
+# aside (another process wants the core) holds up one chunk, not half the kernel, and a
+# machine shared with other work slows a step down in proportion, not many times over. The
+# same threads run the many small matrix products of a convolution (``matmul_many``), each on
+# one BLAS thread. A kernel's loop over its items is a ``prange``, compiled by Numba's
+# parallel pipeline (only that loop, ``PARALLEL_OPTIONS``) but run by each of minidl's threads
+# on one Numba thread: the pipeline proves the arrays in the loop do not overlap and tells LLVM
+# so, and the inner loops then vectorise (several times faster than the same loop compiled
+# serially); Numba's own thread team is never used.
+
+CHUNKS_PER_THREAD = 8  # enough to even out threads that run at different speeds
+
+_threads = [0]  # the number of threads, 0 until first asked
+_pool = {"executor": None, "pid": None}
+_pool_lock = threading.Lock()
+
+
+def num_threads():
+    """How many threads minidl's CPU kernels use: ``MINIDL_NUM_THREADS``, else the CPUs this
+    process may run on."""
+    if not _threads[0]:
+        wanted = os.environ.get("MINIDL_NUM_THREADS")
+        if wanted:
+            _threads[0] = max(1, int(wanted))
+        elif hasattr(os, "sched_getaffinity"):
+            _threads[0] = max(1, len(os.sched_getaffinity(0)))
+        else:
+            _threads[0] = max(1, os.cpu_count() or 1)
+    return _threads[0]
+
+
+def set_num_threads(count):
+    """Use ``count`` threads (at least 1) from now on; returns the previous count."""
+    previous = num_threads()
+    _threads[0] = max(1, int(count))
+    return previous
+
+
+def _executor():
+    """The pool of helper threads (one fewer than num_threads: the caller works too), made
+    anew in a forked child, whose copy of the parent's pool has no threads."""
+    with _pool_lock:
+        if _pool["executor"] is None or _pool["pid"] != os.getpid() \
+                or _pool["executor"]._max_workers < num_threads() - 1:
+            _pool["executor"] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, num_threads() - 1), thread_name_prefix="minidl-cpu")
+            _pool["pid"] = os.getpid()
+        return _pool["executor"]
+
+
+PARALLEL_OPTIONS = {"prange": True, "fusion": False, "numpy": False, "setitem": False,
+                    "reduction": False, "comprehension": False, "inplace_binop": False,
+                    "stencil": False}
+
+
 @contextlib.contextmanager
-def threads_for(n_elements):
-    """Run the Numba kernels inside on one thread when the input is small."""
-    if n_elements >= SERIAL_BELOW:
-        yield
-        return
+def _one_numba_thread():
+    """Numba's parallel loops run on the calling thread alone (a per-thread setting)."""
     import numba
+
     previous = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -79,33 +141,84 @@ def threads_for(n_elements):
         numba.set_num_threads(previous)
 
 
-# Only the kernels' explicit prange loops run in parallel. Numba would otherwise also turn every
-# array expression inside them (np.zeros of a scratch plane, a slice copy) into a parallel loop
-# of its own, nested and then run serially anyway: no faster, and slower to compile.
-PARALLEL_OPTIONS = {"prange": True, "fusion": False, "numpy": False, "setitem": False,
-                    "reduction": False, "comprehension": False, "inplace_binop": False,
-                    "stencil": False}
+def run_items(work, n_items, n_elements):
+    """Call ``work(first, stop)`` over chunks that cover items 0 .. n_items-1, on minidl's
+    threads; all on the calling thread when there is little to do (``n_elements`` below
+    ``SERIAL_BELOW``: waking a thread costs more than the work)."""
+    threads = min(num_threads(), n_items)
+    if threads <= 1 or n_elements < SERIAL_BELOW:
+        if n_items > 0:
+            with _one_numba_thread():
+                work(0, n_items)
+        return
+    chunk = -(-n_items // (threads * CHUNKS_PER_THREAD))
+    n_chunks = -(-n_items // chunk)
+    counter = itertools.count()  # next() on it is atomic: each chunk is taken once
+
+    def take_chunks():
+        with _one_numba_thread():
+            while True:
+                index = next(counter)
+                if index >= n_chunks:
+                    return
+                first = index * chunk
+                work(first, min(first + chunk, n_items))
+
+    helpers = [_executor().submit(take_chunks) for _ in range(threads - 1)]
+    try:
+        take_chunks()
+    finally:
+        for helper in helpers:
+            helper.result()
 
 
-def parallel_kernel(function):
-    """Decorator: compile ``function`` with ``njit(parallel=..., cache=True)`` (its prange loops
-    only, ``PARALLEL_OPTIONS``) and run it with as many threads as its largest array argument
-    warrants (``threads_for``).
-
-    The compiled dispatcher is ``kernel.compiled`` (for ``inspect_asm`` and the like).
-    """
+def kernel(function):
+    """Decorator for a CPU kernel ``function(first, stop, *args)`` whose loop over its items
+    is ``for i in prange(first, stop)`` (see above): compiled by Numba (``nogil``, cached), and
+    launched as ``kernel(n_items, *args)`` -- the CUDA launcher's convention -- on minidl's
+    threads. The compiled dispatcher is ``kernel.compiled`` (for ``inspect_asm``)."""
     from numba import njit  # not at the top: configure() must run before Numba is imported
 
-    compiled = njit(parallel=PARALLEL_OPTIONS, cache=True)(function)
+    compiled = njit(parallel=PARALLEL_OPTIONS, nogil=True, cache=True)(function)
 
     @functools.wraps(function)
-    def run(*args):
-        size = max((a.size for a in args if hasattr(a, "size") and hasattr(a, "shape")), default=0)
-        with threads_for(size):
-            return compiled(*args)
+    def launch(n_items, *args):
+        elements = max((a.size for a in args if hasattr(a, "shape")), default=0)
+        run_items(lambda first, stop: compiled(first, stop, *args), int(n_items), elements)
 
-    run.compiled = compiled
-    return run
+    launch.compiled = compiled
+    return launch
+
+
+_blas = {}
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS runs each product on the calling thread while the block runs (threadpoolctl)."""
+    if "controller" not in _blas:
+        from threadpoolctl import ThreadpoolController
+        _blas["controller"] = ThreadpoolController().select(user_api="blas")
+    with _blas["controller"].limit(limits=1):
+        yield
+
+
+def matmul_many(a, b, out):
+    """out[l] = a[l] @ b[l] for every l of the stacked (L, M, K) and (L, K, N) arrays: the L
+    products spread over minidl's threads, each on one BLAS thread -- one wait for all of
+    them, where BLAS's own threads would meet L times."""
+    import numpy as np  # not at the top: configure() must run before NumPy is imported
+
+    if num_threads() <= 1 or len(a) <= 1:
+        np.matmul(a, b, out=out)
+        return
+
+    def work(first, stop):
+        for l in range(first, stop):
+            np.matmul(a[l], b[l], out=out[l])
+
+    with single_threaded_blas():
+        run_items(work, len(a), out.size)
 
 
 # glibc mallopt parameters (malloc.h)

@@ -34,26 +34,23 @@ from a checkpoint gives the same rates.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from numba.core.extending import intrinsic
 
-from . import backend, cuda
+from . import backend, cpu, cuda
 from .tensor import no_grad
 
 _kernels = cuda.KernelFile(__file__)
 
-# Below this many elements a parameter is updated on one thread (waking the others costs more
-# than the work: the biases).
-_PARALLEL_FROM = 1 << 16
 
-
-def _sgd_update(w, v, g, momentum, decay, lr, with_decay):
+@cpu.kernel
+def _sgd_update(first, stop, w, v, g, momentum, decay, lr, with_decay):
     # v[i] <- momentum * v[i] - decay * w[i] - lr * g[i];  w[i] <- w[i] + v[i], element by
     # element, in one pass over memory (the NumPy form below makes four passes and two
     # temporaries: 61M AlexNet weights, ~2 GB of traffic). The scalars arrive in w's dtype
     # and the operations are those of the NumPy form, in its order, each rounded to w's
     # dtype, so the two give the same bits. Iteration i owns element i.
-    for i in prange(w.size):
+    for i in prange(first, stop):
         vi = v[i] * momentum
         if with_decay:
             vi = vi - decay * w[i]
@@ -61,9 +58,6 @@ def _sgd_update(w, v, g, momentum, decay, lr, with_decay):
         v[i] = vi
         w[i] = w[i] + vi
 
-
-_sgd_update_serial = njit(cache=True)(_sgd_update)
-_sgd_update_parallel = njit(parallel=True, cache=True)(_sgd_update)
 
 
 def _positive_number(owner, name, value, allow_zero=True):
@@ -147,9 +141,8 @@ class SGD:
                     g = g + self.l1 * xp.sign(w)
                 if xp is np and _fusable(w, v, g):
                     real = w.dtype.type
-                    update = _sgd_update_parallel if w.size >= _PARALLEL_FROM else _sgd_update_serial
-                    update(w.reshape(-1), v.reshape(-1), g.reshape(-1), real(self.momentum),
-                           real(decay), real(lr), bool(decay))
+                    _sgd_update(w.size, w.reshape(-1), v.reshape(-1), g.reshape(-1),
+                                real(self.momentum), real(decay), real(lr), bool(decay))
                     continue
                 # v <- momentum * v - weight_decay * lr * w - lr * g, in place and in w's dtype
                 v *= self.momentum
@@ -215,12 +208,14 @@ def _fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
-def _adam_update(w, g, m, v, v_max, decay_factor, weight_decay, one_minus_beta1, lerp_complement,
-                 beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps, amsgrad):
+@cpu.kernel
+def _adam_update(first, stop, w, g, m, v, v_max, decay_factor, weight_decay, one_minus_beta1,
+                 lerp_complement, beta2, one_minus_beta2, neg_step_size, bias_correction2_sqrt, eps,
+                 amsgrad):
     # The update of the module docstring for element i, in PyTorch's order of operations
     # (decay_factor = 1 - lr * weight_decay for AdamW, else 1 and weight_decay applies to g).
     # Iteration i owns element i.
-    for i in prange(w.size):
+    for i in prange(first, stop):
         gi = g[i]
         if decay_factor != 1:
             w[i] = w[i] * decay_factor
@@ -241,13 +236,9 @@ def _adam_update(w, g, m, v, v_max, decay_factor, weight_decay, one_minus_beta1,
         w[i] = w[i] + neg_step_size * m[i] / denominator
 
 
-_adam_update_serial = njit(cache=True)(_adam_update)
-_adam_update_parallel = njit(parallel=True, cache=True)(_adam_update)
-
-
 def _adam_cpu(w, g, m, v, v_max, *scalars):
-    update = _adam_update_parallel if w.size >= _PARALLEL_FROM else _adam_update_serial
-    update(w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), v_max.reshape(-1), *scalars)
+    _adam_update(w.size, w.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
+                 v_max.reshape(-1), *scalars)
 
 
 def _adam_cuda(w, g, m, v, v_max, *scalars):

@@ -4,7 +4,8 @@
    and how the kernels are laid out (which loop iteration or thread owns which output).
 2. The simple version (``max_pool2d_simple``, ``conv2d_simple``, ...): the definition in plain
    Python loops over NumPy arrays. Read it first; the tests check the kernels against it.
-3. The CPU kernels: Numba loops (``cpu.parallel_kernel``), or NumPy where NumPy is already a
+3. The CPU kernels: Numba loops (``cpu.kernel``: the work of items first .. stop-1, launched
+   as ``kernel(n_items, ...)`` like a CUDA kernel), or NumPy where NumPy is already a
    compiled loop.
 4. The drivers, one per device with identical signatures (``_forward_cpu`` / ``_forward_cuda``),
    or for the convolutions two sets of steps (``CPU_STEPS`` / ``CUDA_STEPS``).

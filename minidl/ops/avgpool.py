@@ -19,12 +19,12 @@ it sums and its divisor's row factor div_h[i] (likewise columns). Backward, each
 element gathers g / divisor from the outputs whose windows hold it -- the rows
 [row_first[h], row_end[h]) and columns [col_first[w], col_end[w]), another pair of tables
 (windows move forward monotonically, so these are ranges) -- in ascending output order.
-Forward and backward are the same loops on both devices (Numba: one prange iteration per
+Forward and backward are the same loops on both devices (Numba: one loop iteration per
 plane; ``avgpool.cu``: one thread per output or input element), so they give the same bits.
 """
-import math
 
 import numpy as np
+
 from numba import prange
 
 from .. import backend, cpu, cuda
@@ -80,14 +80,14 @@ def adaptive_avg_pool2d_simple(x, output_size):
 
 # -- CPU kernels (Numba) --------------------------------------------------------------------------
 
-@cpu.parallel_kernel
-def _forward_cpu_kernel(x, y, h_lo, h_hi, w_lo, w_hi, div_h, div_w, divisor_override):
+@cpu.kernel
+def _forward_cpu_kernel(first, stop, x, y, h_lo, h_hi, w_lo, w_hi, div_h, div_w, divisor_override):
     # y[p, i, j] = sum of x[p, h_lo[i]:h_hi[i], w_lo[j]:w_hi[j]] (rows, then columns) divided
-    # by divisor_override if non-zero, else by div_h[i] * div_w[j]. One prange iteration owns
+    # by divisor_override if non-zero, else by div_h[i] * div_w[j]. One loop iteration owns
     # one (n, c) plane p.
     planes, out_h, out_w = y.shape
     zero = x.dtype.type(0)
-    for p in prange(planes):
+    for p in prange(first, stop):
         for i in range(out_h):
             for j in range(out_w):
                 total = zero
@@ -100,15 +100,15 @@ def _forward_cpu_kernel(x, y, h_lo, h_hi, w_lo, w_hi, div_h, div_w, divisor_over
                     y[p, i, j] = total / x.dtype.type(div_h[i] * div_w[j])
 
 
-@cpu.parallel_kernel
-def _backward_cpu_kernel(g, grad_x, div_h, div_w, divisor_override, row_first, row_end, col_first,
-                         col_end):
+@cpu.kernel
+def _backward_cpu_kernel(first, stop, g, grad_x, div_h, div_w, divisor_override, row_first,
+                         row_end, col_first, col_end):
     # grad_x[p, h, w] = sum of g[p, i, j] / divisor(i, j) over the outputs whose window holds
     # (h, w): i in [row_first[h], row_end[h]), j in [col_first[w], col_end[w]), ascending.
-    # One prange iteration owns one plane p (a gather: each element written once).
+    # One loop iteration owns one plane p (a gather: each element written once).
     planes, height, width = grad_x.shape
     zero = g.dtype.type(0)
-    for p in prange(planes):
+    for p in prange(first, stop):
         for h in range(height):
             for w in range(width):
                 total = zero
@@ -126,13 +126,13 @@ def _backward_cpu_kernel(g, grad_x, div_h, div_w, divisor_override, row_first, r
 
 def _forward_cpu(x, tables, out_h, out_w):
     y = np.empty((x.shape[0], out_h, out_w), dtype=x.dtype)
-    _forward_cpu_kernel(x, y, *tables.forward_args(np, x.dtype))
+    _forward_cpu_kernel(x.shape[0], x, y, *tables.forward_args(np, x.dtype))
     return y
 
 
 def _backward_cpu(g, tables, height, width):
     grad_x = np.empty((g.shape[0], height, width), dtype=g.dtype)
-    _backward_cpu_kernel(g, grad_x, *tables.backward_args(np, g.dtype))
+    _backward_cpu_kernel(g.shape[0], g, grad_x, *tables.backward_args(np, g.dtype))
     return grad_x
 
 

@@ -20,7 +20,7 @@ xhat = (x - mean) * invstd and g = dL/dy, sums over the batch and positions:
 
 The sums are formed in two levels, the same way on both devices, so the CPU and the GPU give
 the same bits: first per (example n, channel c) plane, sequentially over its P positions;
-then per channel, over the N plane sums in order. CPU (Numba): one prange iteration owns one
+then per channel, over the N plane sums in order. CPU (Numba): one loop iteration owns one
 channel and does both levels, and the backward is fused -- the sums and then dx in one
 iteration. GPU (``batchnorm.cu``, no atomics): one thread per (c, n) plane for the first
 level, one per channel for the second, one per element to normalise or to write dx.
@@ -28,6 +28,7 @@ level, one per channel for the second, one per element to normalise or to write 
 import math
 
 import numpy as np
+
 from numba import prange
 
 from .. import backend, cpu, cuda
@@ -94,14 +95,14 @@ def batch_norm_backward_simple(x, grad_y, mean, var, weight=None, batch_statisti
 
 # -- CPU kernels (Numba) --------------------------------------------------------------------------
 
-@cpu.parallel_kernel
-def _statistics_cpu_kernel(x, mean, var, count):
+@cpu.kernel
+def _statistics_cpu_kernel(first, stop, x, mean, var, count):
     # mean[c] = sum of x[:, c, :] / count, var[c] = sum of (x[:, c, :] - mean[c])^2 / count,
-    # each sum over the example planes of their sums over the positions. One prange
+    # each sum over the example planes of their sums over the positions. One loop
     # iteration owns one channel c.
     batch, channels, positions = x.shape
     zero = x.dtype.type(0)
-    for c in prange(channels):
+    for c in prange(first, stop):
         total = zero
         for b in range(batch):
             plane = zero
@@ -120,12 +121,12 @@ def _statistics_cpu_kernel(x, mean, var, count):
         var[c] = total / count
 
 
-@cpu.parallel_kernel
-def _normalize_cpu_kernel(x, mean, invstd, gamma, beta, y):
-    # y[b, c, q] = (x[b, c, q] - mean[c]) * invstd[c] * gamma[c] + beta[c]. One prange
+@cpu.kernel
+def _normalize_cpu_kernel(first, stop, x, mean, invstd, gamma, beta, y):
+    # y[b, c, q] = (x[b, c, q] - mean[c]) * invstd[c] * gamma[c] + beta[c]. One loop
     # iteration owns one (b, c) plane.
     batch, channels, positions = x.shape
-    for plane in prange(batch * channels):
+    for plane in prange(first, stop):
         b = plane // channels
         c = plane % channels
         m, s, g, h = mean[c], invstd[c], gamma[c], beta[c]
@@ -133,16 +134,16 @@ def _normalize_cpu_kernel(x, mean, invstd, gamma, beta, y):
             y[b, c, q] = (x[b, c, q] - m) * s * g + h
 
 
-@cpu.parallel_kernel
-def _backward_cpu_kernel(g, x, mean, invstd, gamma, grad_x, sum_g, sum_gxhat, count, training,
-                         need_x):
+@cpu.kernel
+def _backward_cpu_kernel(first, stop, g, x, mean, invstd, gamma, grad_x, sum_g, sum_gxhat, count,
+                         training, need_x):
     # sum_g[c] = sum of g[:, c, :], sum_gxhat[c] = sum of g * (x - mean[c]) * invstd[c], in two
     # levels as the statistics; then, if need_x, grad_x[:, c, :] = ((g - sum_g / count)
     # - xhat * sum_gxhat / count) * gamma[c] * invstd[c] (training) or g * gamma * invstd.
-    # One prange iteration owns one channel: the sums and its dx, fused.
+    # One loop iteration owns one channel: the sums and its dx, fused.
     batch, channels, positions = x.shape
     zero = x.dtype.type(0)
-    for c in prange(channels):
+    for c in prange(first, stop):
         m, s = mean[c], invstd[c]
         total_g, total_gx = zero, zero
         for b in range(batch):
@@ -170,21 +171,21 @@ def _backward_cpu_kernel(g, x, mean, invstd, gamma, grad_x, sum_g, sum_gxhat, co
 
 def _statistics_cpu(x, count):
     mean, var = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
-    _statistics_cpu_kernel(x, mean, var, count)
+    _statistics_cpu_kernel(x.shape[1], x, mean, var, count)
     return mean, var
 
 
 def _normalize_cpu(x, mean, invstd, gamma, beta):
     y = np.empty_like(x)
-    _normalize_cpu_kernel(x, mean, invstd, gamma, beta, y)
+    _normalize_cpu_kernel(x.shape[0] * x.shape[1], x, mean, invstd, gamma, beta, y)
     return y
 
 
 def _backward_cpu(g, x, mean, invstd, gamma, count, training, need_x):
     sum_g, sum_gxhat = np.empty(x.shape[1], x.dtype), np.empty(x.shape[1], x.dtype)
     grad_x = np.empty_like(x) if need_x else np.empty((0, 0, 0), x.dtype)
-    _backward_cpu_kernel(g, x, mean, invstd, gamma, grad_x, sum_g, sum_gxhat, count, training,
-                         need_x)
+    _backward_cpu_kernel(x.shape[1], g, x, mean, invstd, gamma, grad_x, sum_g, sum_gxhat, count,
+                         training, need_x)
     return (grad_x if need_x else None), sum_g, sum_gxhat
 
 

@@ -73,11 +73,11 @@ def _hash(seed, i):
     return z ^ (z >> np.uint64(31))
 
 
-@cpu.parallel_kernel
-def _apply_cpu_kernel(x, y, seed, threshold, scale):
-    # y[i] = x[i] * scale if (hash(seed, i) >> 11) >= threshold else 0. Each prange iteration
+@cpu.kernel
+def _apply_cpu_kernel(first, stop, x, y, seed, threshold, scale):
+    # y[i] = x[i] * scale if (hash(seed, i) >> 11) >= threshold else 0. Each loop iteration
     # owns one element; the mask depends only on (seed, i), not on which core runs it.
-    for i in prange(x.size):
+    for i in prange(first, stop):
         if (_hash(seed, np.uint64(i)) >> np.uint64(11)) >= threshold:
             y[i] = x[i] * scale
         else:
@@ -87,7 +87,7 @@ def _apply_cpu_kernel(x, y, seed, threshold, scale):
 # -- drivers: one per device, same signature ------------------------------------------------------
 
 def _apply_cpu(x, y, seed, threshold, scale):
-    _apply_cpu_kernel(x.reshape(-1), y.reshape(-1), seed, threshold, scale)
+    _apply_cpu_kernel(x.size, x.reshape(-1), y.reshape(-1), seed, threshold, scale)
 
 
 def _apply_cuda(x, y, seed, threshold, scale):

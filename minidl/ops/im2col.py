@@ -59,9 +59,9 @@ def _valid_outputs(k, pad, stride, size, out_size):
     return lo, max(lo, hi)
 
 
-@cpu.parallel_kernel
-def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                       dilation_w, out_h, out_w):
+@cpu.kernel
+def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w, out_h, out_w):
     # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW], 0 in the
     # padding.
     # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
@@ -69,7 +69,7 @@ def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, p
     # slices, which beat an element loop.
     batch, channels, height, width = x.shape
     taps = kernel_h * kernel_w
-    for row in prange(channels * taps):
+    for row in prange(first, stop):
         c = row // taps
         ki = (row // kernel_w) % kernel_h
         kj = row % kernel_w
@@ -89,9 +89,9 @@ def _im2col_cpu_kernel(x, cols, kernel_h, kernel_w, stride_h, stride_w, pad_h, p
                 cols[row, start + hi:start + out_w] = 0
 
 
-@cpu.parallel_kernel
-def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                       dilation_w, out_h, out_w):
+@cpu.kernel
+def _col2im_cpu_kernel(first, stop, cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                       dilation_h, dilation_w, out_h, out_w):
     # dx[b, c, h, w] = sum of cols[(c, ki, kj), (b, oh, ow)] over the taps with
     # oh*sH + ki*dH - pH = h and ow*sW + kj*dW - pW = w: the adjoint of im2col, as a gather.
     # One iteration owns one plane dx[b, c] (which stays in L1 cache) and is the only writer
@@ -104,7 +104,7 @@ def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, 
     # read consecutive stretches of the same rows of cols (the other kernels here and in
     # winograd.py that read or write one plane's stretch of a (rows, B*pixels) matrix do the
     # same).
-    for plane in prange(channels * batch):
+    for plane in prange(first, stop):
         c = plane // batch
         b = plane % batch
         dx_plane = dx[b, c]
@@ -129,14 +129,14 @@ def _col2im_cpu_kernel(cols, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, 
                             target[ow * stride_w + shift] += source[ow]
 
 
-@cpu.parallel_kernel
-def _to_output_cpu_kernel(product, bias, has_bias, relu, y):
+@cpu.kernel
+def _to_output_cpu_kernel(first, stop, product, bias, has_bias, relu, y):
     # y[b, o, p] = product[o, b*P + p] + bias[o], then max(., 0) if relu (NaN stays NaN, as
     # in np.maximum): the GEMM's (O, B*P) layout turned into (B, O, P) in one pass, bias and
     # ReLU included. One iteration owns one row y[b, o] and reads one run of product.
     batch, out_channels, pixels = y.shape
     zero = y.dtype.type(0)
-    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu_kernel
+    for row in prange(first, stop):  # channel-major: see _col2im_cpu_kernel
         o = row // batch
         b = row % batch
         source = product[o, b * pixels:(b + 1) * pixels]
@@ -150,14 +150,14 @@ def _to_output_cpu_kernel(product, bias, has_bias, relu, y):
             target[p] = v
 
 
-@cpu.parallel_kernel
-def _to_product_cpu_kernel(grad, y, relu, dy):
+@cpu.kernel
+def _to_product_cpu_kernel(first, stop, grad, y, relu, dy):
     # dy[o, b*P + p] = grad[b, o, p], times (y[b, o, p] > 0) if the ReLU was fused (the same
     # product as relu's backward, so a non-finite gradient at an inactive unit gives NaN
     # alike). The inverse layout change of _to_output_cpu_kernel; one iteration per (b, o).
     batch, out_channels, pixels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for row in prange(out_channels * batch):  # channel-major: see _col2im_cpu_kernel
+    for row in prange(first, stop):  # channel-major: see _col2im_cpu_kernel
         o = row // batch
         b = row % batch
         source = grad[b, o]
@@ -174,22 +174,23 @@ def _to_product_cpu_kernel(grad, y, relu, dy):
 # -- the steps, one set per device, same signatures -----------------------------------------------
 
 def _im2col_cpu(x, cols, geo):
-    _im2col_cpu_kernel(x, cols, *geo.kernel_args())
+    _im2col_cpu_kernel(geo.rows, x, cols, *geo.kernel_args())
 
 
 def _col2im_cpu(cols, dx, geo):
-    _col2im_cpu_kernel(cols, dx, *geo.kernel_args())
+    _col2im_cpu_kernel(dx.shape[0] * dx.shape[1], cols, dx, *geo.kernel_args())
 
 
 def _to_output_cpu(product, bias, relu, y):
     """y (B, O, P) <- product (O, B*P) + bias, with max(., 0) if relu."""
     has_bias = bias is not None
-    _to_output_cpu_kernel(product, bias if has_bias else np.empty(0, y.dtype), has_bias, relu, y)
+    _to_output_cpu_kernel(y.shape[0] * y.shape[1], product,
+                          bias if has_bias else np.empty(0, y.dtype), has_bias, relu, y)
 
 
 def _to_product_cpu(grad, y, relu, dy):
     """dy (O, B*P) <- grad (B, O, P), times (y > 0) if relu."""
-    _to_product_cpu_kernel(grad, grad if y is None else y, relu, dy)
+    _to_product_cpu_kernel(grad.shape[0] * grad.shape[1], grad, grad if y is None else y, relu, dy)
 
 
 def _im2col_cuda(x, cols, geo):

@@ -35,12 +35,11 @@ it keeps the backward kernels simpler and spares each GPU thread size^2 loads.
 The GPU kernels compute the formulas as written: one thread per output element sums its own
 window. The CPU kernels are a different algorithm with the same result -- running window sums
 -- so that each element is read from memory once and the sums cost O(1) per element whatever
-the size: a prange task owns one image n and a run of pixels and walks the channels in
+the size: a task owns one image n and a run of pixels and walks the channels in
 order, adding the channel that enters the window and subtracting the one that leaves (in
 float64, so the subtraction does not drift; everything else stays in the input's dtype).
 To read the formula as code, start from ``local_response_norm_simple``.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -108,22 +107,24 @@ def _power(s, beta, three_quarters):
 
 
 def _split_pixels(batch, pixels):
-    """Pixels per prange task: whole planes when the batch alone gives every thread work."""
-    tasks_per_image = -(-4 * numba.get_num_threads() // max(batch, 1))
-    return max(min(pixels, 256), -(-pixels // tasks_per_image), 1)
+    """(pixels per task, tasks): whole planes when the batch alone gives every thread work."""
+    tasks_per_image = -(-4 * cpu.num_threads() // max(batch, 1))
+    chunk = max(min(pixels, 256), -(-pixels // tasks_per_image), 1)
+    return chunk, batch * -(-pixels // chunk)
 
 
-@cpu.parallel_kernel
-def _forward_cpu_kernel(x, y, scale, save_scale, before, after, alpha, beta, k, chunk):
+@cpu.kernel
+def _forward_cpu_kernel(first, stop, x, y, scale, save_scale, before, after, alpha, beta, k,
+                        chunk):
     # y[n, c, p] = x[n, c, p] / s^beta, s = k + alpha * sum of x[n, j, p]^2 over
-    # j = c - before ... c + after. One prange task owns image n and pixels p0 ... p0 + m, and
+    # j = c - before ... c + after. One task owns image n and pixels p0 ... p0 + m, and
     # walks t over the channels: channel t enters the running sum, t - size leaves it, and
     # then the sum is complete for c = t - after. x, y, scale are (N, C, H*W).
     batch, channels, pixels = x.shape
     size = before + after + 1
     n_chunks = (pixels + chunk - 1) // chunk
     three_quarters = beta == 0.75
-    for task in prange(batch * n_chunks):
+    for task in prange(first, stop):
         n = task // n_chunks
         p0 = (task % n_chunks) * chunk
         m = min(p0 + chunk, pixels) - p0
@@ -155,8 +156,9 @@ def _forward_cpu_kernel(x, y, scale, save_scale, before, after, alpha, beta, k, 
                     y_row[q] = x_row[q] / _power(s[q], beta, False)
 
 
-@cpu.parallel_kernel
-def _backward_cpu_kernel(grad_y, x, scale, grad_x, before, after, beta, two_alpha_beta, chunk):
+@cpu.kernel
+def _backward_cpu_kernel(first, stop, grad_y, x, scale, grad_x, before, after, beta,
+                         two_alpha_beta, chunk):
     # grad_x[j] = g[j] / s[j]^beta - 2 alpha beta x[j] * R[j], R[j] = sum of
     # r[i] = g[i] x[i] / (s[i]^beta s[i]) over i = j - after ... j + before (the mirrored
     # window), all at one (n, pixel). Task split as in forward: channel t's r enters the
@@ -167,7 +169,7 @@ def _backward_cpu_kernel(grad_y, x, scale, grad_x, before, after, beta, two_alph
     ring = size + 1
     n_chunks = (pixels + chunk - 1) // chunk
     three_quarters = beta == 0.75
-    for task in prange(batch * n_chunks):
+    for task in prange(first, stop):
         n = task // n_chunks
         p0 = (task % n_chunks) * chunk
         m = min(p0 + chunk, pixels) - p0
@@ -209,9 +211,10 @@ def _forward_cpu(x, before, after, alpha, beta, k, save_scale):
     y = np.empty_like(x)
     scale = np.empty_like(x) if save_scale else np.empty((0, 0, 0), x.dtype)
     flat = (n, c, h * w)
-    _forward_cpu_kernel(x.reshape(flat), y.reshape(flat),
+    chunk, tasks = _split_pixels(n, h * w)
+    _forward_cpu_kernel(tasks, x.reshape(flat), y.reshape(flat),
                         scale.reshape(flat) if save_scale else scale, save_scale,
-                        before, after, alpha, beta, k, _split_pixels(n, h * w))
+                        before, after, alpha, beta, k, chunk)
     return y, (scale if save_scale else None)
 
 
@@ -219,9 +222,9 @@ def _backward_cpu(grad_y, x, scale, before, after, beta, two_alpha_beta):
     n, c, h, w = x.shape
     grad_x = np.empty_like(x)
     flat = (n, c, h * w)
-    _backward_cpu_kernel(grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
-                         grad_x.reshape(flat), before, after, beta, two_alpha_beta,
-                         _split_pixels(n, h * w))
+    chunk, tasks = _split_pixels(n, h * w)
+    _backward_cpu_kernel(tasks, grad_y.reshape(flat), x.reshape(flat), scale.reshape(flat),
+                         grad_x.reshape(flat), before, after, beta, two_alpha_beta, chunk)
     return grad_x
 
 

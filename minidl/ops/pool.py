@@ -154,13 +154,13 @@ def _pool_plane(plane, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw, nan_wins):
             argmax[i, j] = best_at
 
 
-@cpu.parallel_kernel
-def _forward_cpu_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
+@cpu.kernel
+def _forward_cpu_kernel(first, stop, x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
     # y[p, i, j] = max of x[p] over rows i*sh-ph + r*dh (r < kh), columns j*sw-pw + q*dw
     # (q < kw), clipped to the input (padding is -inf, and every window holds a real element).
-    # One prange iteration owns one (n, c) plane p.
+    # One loop iteration owns one (n, c) plane p.
     planes, height, width = x.shape
-    for p in prange(planes):
+    for p in prange(first, stop):
         plane = x[p]
         has_nan = False
         for h in range(height):
@@ -180,14 +180,14 @@ def _forward_cpu_kernel(x, y, argmax, kh, kw, sh, sw, ph, pw, dh, dw):
             _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, dh, dw, False)
 
 
-@cpu.parallel_kernel
-def _backward_cpu_kernel(grad_y, argmax, grad_x):
-    # grad_x[p, a] = sum of grad_y[p, o] over the outputs o whose argmax is a. One prange
+@cpu.kernel
+def _backward_cpu_kernel(first, stop, grad_y, argmax, grad_x):
+    # grad_x[p, a] = sum of grad_y[p, o] over the outputs o whose argmax is a. One loop
     # iteration owns one plane p, so the scatter has no races, and it adds in ascending o --
     # the same order as the GPU's gather, hence the same bits.
     planes, n_out = grad_y.shape
     n_in = grad_x.shape[1]
-    for p in prange(planes):
+    for p in prange(first, stop):
         for a in range(n_in):
             grad_x[p, a] = 0
         for o in range(n_out):
@@ -200,7 +200,7 @@ def _forward_cpu(x, out_h, out_w, kernel, stride, pad, dilation):
     n, c, h, w = x.shape
     y = np.empty((n, c, out_h, out_w), dtype=x.dtype)
     argmax = np.empty((n, c, out_h, out_w), dtype=np.int32)
-    _forward_cpu_kernel(x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
+    _forward_cpu_kernel(n * c, x.reshape(n * c, h, w), y.reshape(n * c, out_h, out_w),
                         argmax.reshape(n * c, out_h, out_w), *kernel, *stride, *pad, *dilation)
     return y, argmax
 
@@ -209,7 +209,7 @@ def _backward_cpu(grad_y, argmax, x_shape, kernel, stride, pad, dilation):
     n, c, h, w = x_shape
     grad_x = np.empty(x_shape, dtype=grad_y.dtype)
     planes, n_out = n * c, grad_y.shape[2] * grad_y.shape[3]
-    _backward_cpu_kernel(grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
+    _backward_cpu_kernel(planes, grad_y.reshape(planes, n_out), argmax.reshape(planes, n_out),
                          grad_x.reshape(planes, h * w))
     return grad_x
 

@@ -153,8 +153,8 @@ def _copy(source, target):
 # share of each of the 36 planes (i, j) of V, M or their gradients is one contiguous run of T
 # numbers (its tiles), gathered in or scattered from a local (36, T) block.
 
-@cpu.parallel_kernel
-def _input_transform_cpu_kernel(x, v, pad_h, pad_w, m, tiles_h, tiles_w):
+@cpu.kernel
+def _input_transform_cpu_kernel(first, stop, x, v, pad_h, pad_w, m, tiles_h, tiles_w):
     # v[(i, j), c, (b, th, tw)] = (B^T d B)[i, j], d = the 6x6 input tile at rows m*th - pad_h
     # .. +5 and columns m*tw - pad_w .. +5 (0 outside x). One iteration owns the plane x[b, c]:
     # it copies it into a zero-padded scratch plane (so the tile loops need no bounds tests),
@@ -163,7 +163,7 @@ def _input_transform_cpu_kernel(x, v, pad_h, pad_w, m, tiles_h, tiles_w):
     batch, channels, height, width = x.shape
     n_tiles = tiles_h * tiles_w
     span = m * tiles_w + ALPHA - m
-    for plane in prange(channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         k = _constants(x)
@@ -190,8 +190,8 @@ def _input_transform_cpu_kernel(x, v, pad_h, pad_w, m, tiles_h, tiles_w):
             _copy(local[f], v[f, c, b * n_tiles:(b + 1) * n_tiles])
 
 
-@cpu.parallel_kernel
-def _output_transform_cpu_kernel(mm, bias, has_bias, relu, y, m, tiles_h, tiles_w):
+@cpu.kernel
+def _output_transform_cpu_kernel(first, stop, mm, bias, has_bias, relu, y, m, tiles_h, tiles_w):
     # y[b, o, m*th + a, m*tw + q] = (A^T e A)[a, q] + bias[o] (then max(., 0) if relu), with
     # e[i, j] = mm[(i, j), o, (b, th, tw)]; outputs past OH or OW are dropped. One iteration
     # owns the plane y[b, o]: it reads the plane's 36 runs of mm into a local block, then per
@@ -199,7 +199,7 @@ def _output_transform_cpu_kernel(mm, bias, has_bias, relu, y, m, tiles_h, tiles_
     batch, out_channels, out_h, out_w = y.shape
     n_tiles = tiles_h * tiles_w
     zero = y.dtype.type(0)
-    for plane in prange(out_channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         k = _constants(y)
@@ -236,8 +236,8 @@ def _output_transform_cpu_kernel(mm, bias, has_bias, relu, y, m, tiles_h, tiles_
                     target[w] = zero if relu and value < zero else value
 
 
-@cpu.parallel_kernel
-def _output_adjoint_cpu_kernel(grad, y, relu, dm, m, tiles_h, tiles_w):
+@cpu.kernel
+def _output_adjoint_cpu_kernel(first, stop, grad, y, relu, dm, m, tiles_h, tiles_w):
     # dm[(i, j), o, (b, th, tw)] = (A g A^T)[i, j], g = grad's m x m block at (m*th, m*tw) (0
     # past OH or OW; times y > 0 if the ReLU was fused). One iteration owns the plane
     # grad[b, o]: per row of tiles it reads the m gradient rows into a zero-padded strip,
@@ -246,7 +246,7 @@ def _output_adjoint_cpu_kernel(grad, y, relu, dm, m, tiles_h, tiles_w):
     batch, out_channels, out_h, out_w = grad.shape
     n_tiles = tiles_h * tiles_w
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for plane in prange(out_channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         k = _constants(grad)
@@ -278,8 +278,8 @@ def _output_adjoint_cpu_kernel(grad, y, relu, dm, m, tiles_h, tiles_w):
             _copy(local[f], dm[f, o, b * n_tiles:(b + 1) * n_tiles])
 
 
-@cpu.parallel_kernel
-def _input_adjoint_cpu_kernel(dv, dx, pad_h, pad_w, m, tiles_h, tiles_w):
+@cpu.kernel
+def _input_adjoint_cpu_kernel(first, stop, dv, dx, pad_h, pad_w, m, tiles_h, tiles_w):
     # dx[b, c] = the interior of the sum, over tiles (th, tw), of B e B^T placed at rows
     # m*th - pad_h .. +5 and columns m*tw - pad_w .. +5, with e[i, j] = dv[(i, j), c, (b, th, tw)].
     # One iteration owns the plane dx[b, c] and is its only writer (no races). Neighbouring
@@ -288,7 +288,7 @@ def _input_adjoint_cpu_kernel(dv, dx, pad_h, pad_w, m, tiles_h, tiles_w):
     # order. (The CUDA kernel gathers per pixel instead; the sums agree up to rounding order.)
     batch, channels, height, width = dx.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(channels * batch):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         k = _constants(dx)
@@ -339,24 +339,25 @@ class _Tiling:
 
 
 def _input_transform_cpu(x, v, tiling):
-    _input_transform_cpu_kernel(x, v, tiling.geo.pad_h, tiling.geo.pad_w, tiling.m,
-                                tiling.tiles_h, tiling.tiles_w)
+    _input_transform_cpu_kernel(x.shape[0] * x.shape[1], x, v, tiling.geo.pad_h, tiling.geo.pad_w,
+                                tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
 def _output_transform_cpu(mm, bias, relu, y, tiling):
     has_bias = bias is not None
-    _output_transform_cpu_kernel(mm, bias if has_bias else np.empty(0, y.dtype), has_bias, relu,
-                                 y, tiling.m, tiling.tiles_h, tiling.tiles_w)
+    _output_transform_cpu_kernel(y.shape[0] * y.shape[1], mm,
+                                 bias if has_bias else np.empty(0, y.dtype), has_bias, relu, y,
+                                 tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
 def _output_adjoint_cpu(grad, y, relu, dm, tiling):
-    _output_adjoint_cpu_kernel(grad, grad if y is None else y, relu, dm, tiling.m,
-                               tiling.tiles_h, tiling.tiles_w)
+    _output_adjoint_cpu_kernel(grad.shape[0] * grad.shape[1], grad, grad if y is None else y,
+                               relu, dm, tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
 def _input_adjoint_cpu(dv, dx, tiling):
-    _input_adjoint_cpu_kernel(dv, dx, tiling.geo.pad_h, tiling.geo.pad_w, tiling.m,
-                              tiling.tiles_h, tiling.tiles_w)
+    _input_adjoint_cpu_kernel(dx.shape[0] * dx.shape[1], dv, dx, tiling.geo.pad_h,
+                              tiling.geo.pad_w, tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
 def _input_transform_cuda(x, v, tiling):
@@ -388,12 +389,18 @@ def _input_adjoint_cuda(dv, dx, tiling):
         tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
+def _matmul_cuda(a, b, out):
+    backend.array_module(a).matmul(a, b, out=out)  # one strided-batched cuBLAS call
+
+
 CPU_STEPS = SimpleNamespace(input_transform=_input_transform_cpu,
                             output_transform=_output_transform_cpu,
-                            output_adjoint=_output_adjoint_cpu, input_adjoint=_input_adjoint_cpu)
+                            output_adjoint=_output_adjoint_cpu, input_adjoint=_input_adjoint_cpu,
+                            matmul=cpu.matmul_many)
 CUDA_STEPS = SimpleNamespace(input_transform=_input_transform_cuda,
                              output_transform=_output_transform_cuda,
-                             output_adjoint=_output_adjoint_cuda, input_adjoint=_input_adjoint_cuda)
+                             output_adjoint=_output_adjoint_cuda, input_adjoint=_input_adjoint_cuda,
+                             matmul=_matmul_cuda)
 
 
 # -- the Function -----------------------------------------------------------------------------------
@@ -454,12 +461,12 @@ class WinogradConv2dFunction(Function):
         return u.reshape(ALPHA * ALPHA, out_channels, channels_per_group)
 
     def _products(self, xp, u, v, m):
-        """m[f, group g] = u[f, g] @ v[f, g], for the 36 f and every group: one batched matmul."""
+        """m[f, group g] = u[f, g] @ v[f, g], for the 36 f and every group: stacked products."""
         geo = self.tiling.geo
         n_cols = v.shape[2]
-        xp.matmul(u.reshape(ALPHA * ALPHA, geo.groups, geo.out_per_group, geo.channels_per_group),
-                  v.reshape(ALPHA * ALPHA, geo.groups, geo.channels_per_group, n_cols),
-                  out=m.reshape(ALPHA * ALPHA, geo.groups, geo.out_per_group, n_cols))
+        self.steps.matmul(u.reshape(-1, geo.out_per_group, geo.channels_per_group),
+                          v.reshape(-1, geo.channels_per_group, n_cols),
+                          m.reshape(-1, geo.out_per_group, n_cols))
 
     def backward(self, grad_output):
         x, u, kept, y = self.saved
@@ -492,18 +499,20 @@ class WinogradConv2dFunction(Function):
             if not (need_x or need_w):
                 continue
             v, dv = self._transformed_input(x, kept, start, b, need_w)
-            # One batched matmul per product, over the 36 entries and the groups: (36, G, rows,
-            # B*T). dU first, since dV may overwrite V (they share the workspace).
-            dm4 = dm.reshape(ALPHA * ALPHA, geo.groups, og, b * n_cols)
+            # Each product stacked over the 36 entries and the groups: (36 * G, rows, B*T). dU
+            # first, since dV may overwrite V (they share the workspace).
+            dm3 = dm.reshape(-1, og, b * n_cols)
             if need_w:
-                v4 = v.reshape(ALPHA * ALPHA, geo.groups, cg, b * n_cols)
+                v3 = v.reshape(-1, cg, b * n_cols)
                 if start == 0:
-                    xp.matmul(v4, dm4.swapaxes(2, 3), out=grad_ut)
+                    steps.matmul(v3, dm3.transpose(0, 2, 1), grad_ut.reshape(-1, cg, og))
                 else:
-                    grad_ut += xp.matmul(v4, dm4.swapaxes(2, 3))
+                    partial = workspace.buffer(xp, "partial_dw", grad_ut.shape, x.dtype)
+                    steps.matmul(v3, dm3.transpose(0, 2, 1), partial.reshape(-1, cg, og))
+                    grad_ut += partial
             if need_x:
-                xp.matmul(u.reshape(ALPHA * ALPHA, geo.groups, og, cg).swapaxes(2, 3), dm4,
-                          out=dv.reshape(ALPHA * ALPHA, geo.groups, cg, b * n_cols))
+                steps.matmul(u.reshape(-1, og, cg).transpose(0, 2, 1), dm3,
+                             dv.reshape(-1, cg, b * n_cols))
                 steps.input_adjoint(dv, grad_x[start:start + b], tiling)
 
         grad_w = None
