@@ -21,7 +21,7 @@ import weakref
 
 import numpy as np
 
-WORKSPACE_BYTES = 256 * 2**20
+WORKSPACE_BYTES = 128 * 2**20
 KEEP_BYTES = 512 * 2**20
 
 _buffers = threading.local()
