@@ -227,7 +227,8 @@ def train(args):
         EXAMPLE.fail(f"--val-images must be at least 1, got {args.val_images}")
     EXAMPLE.claim(args, run)  # before the data: a refused --out costs nothing; held to the end
 
-    train_set, val_set = demo_folders(args) if run.demo else image_folders(args.data, args.check_files)
+    train_set, val_set = (common.on_rank_0_first(lambda: demo_folders(args)) if run.demo
+                          else image_folders(args.data, args.check_files))
     folders = (train_set, val_set)
     if args.val_images is not None and args.val_images < len(val_set):
         chosen = np.random.default_rng(args.seed).choice(len(val_set), args.val_images, replace=False)
@@ -245,8 +246,10 @@ def train(args):
     print_summary(model, len(classes))
 
     train_loader = DataLoader(train_set, run.batch_size, shuffle=True, seed=args.seed,
-                              num_workers=args.workers, drop_last=len(train_set) >= 2 * run.batch_size)
-    val_loader = DataLoader(val_set, run.batch_size, num_workers=args.workers)
+                              num_workers=args.workers, drop_last=len(train_set) >= 2 * run.batch_size,
+                              **common.shard())
+    val_loader = DataLoader(val_set, run.batch_size, num_workers=args.workers, **common.shard())
+    trained = common.distribute(model)  # itself, or averaging its gradients over the processes
     optimizer, scheduler = common.sgd_with_plateau(model, args, run)
     metrics = (top1, top5) if len(classes) > 5 else (top1,)  # top-5 of <= 5 classes is always right
     chance_loss = math.log(len(classes))
@@ -259,7 +262,7 @@ def train(args):
           f"top-1 error {100 * (1 - 1 / len(classes)):.0f}%")
     recipe = {"model": "alexnet", "variant": args.variant, "classes": list(classes), "seed": args.seed,
               "val_images": args.val_images}
-    result = fit(model, ops.softmax_cross_entropy, optimizer, train_loader, run.epochs,
+    result = fit(trained, ops.softmax_cross_entropy, optimizer, train_loader, run.epochs,
                  val_loader=val_loader, scheduler=scheduler, device=run.device, out_dir=run.out,
                  metrics=metrics, recipe=recipe, **common.fit_options(args))
     history = result["history"]
@@ -271,14 +274,15 @@ def train(args):
 
     print(f"evaluating the final model on {len(val_set):,} validation images, ten crops each ...")
     ten_crop_loader = DataLoader(ten_crop_view(val_set), max(1, run.batch_size // 8),
-                                 num_workers=args.workers)
-    tested = evaluate(model, ten_crop_loader, ops.softmax_cross_entropy, device=run.device,
-                      ten_crop=True, metrics=metrics, progress=True)
+                                 num_workers=args.workers, **common.shard())
+    tested = evaluate(trained, ten_crop_loader, ops.softmax_cross_entropy, device=run.device,
+                      ten_crop=True, metrics=metrics, progress=EXAMPLE.rank == 0)
     print(f"ten-crop validation: loss {tested['loss']:.4f}, "
           + ", ".join(f"{m.__name__} error {100 * tested[m.__name__]:.2f}% "
                       f"(accuracy {100 * (1 - tested[m.__name__]):.2f}%)" for m in metrics))
 
-    written = common.save_pictures(model, picture_images(val_set), classes, run.out, args.grad_cam_images)
+    written = [] if EXAMPLE.rank else common.save_pictures(model, picture_images(val_set), classes,
+                                                           run.out, args.grad_cam_images)
     for folder in folders:
         print(f"data: {folder.summary()}")
     common.print_written(run.out, written, start)

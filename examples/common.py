@@ -8,6 +8,15 @@ checkpoint that cannot be used, a full disk...), 2 a malformed command line (arg
 training diverged (NaN or infinite loss or gradient) and stopped, the last checkpoint intact;
 130 stopped by SIGINT (Ctrl-C) and 143 by SIGTERM, after saving a checkpoint to resume from.
 
+Many processes: under an MPI launcher (``mpiexec -n 2 python examples/euronet_eurosat.py``,
+``srun``) or with ``--distributed`` an example trains with ``minidl.distributed``: each process
+takes its share of every global batch (``--batch-size`` stays the global batch), rank 0 alone
+prints and writes, and the metrics are those of the whole batch and the whole validation set.
+An error that every process meets at the same point (a bad option, a refused folder, a
+diverged loss, a signal) ends each of them with one line from rank 0 and the usual status; an
+error of one process alone is printed by it, naming its rank, and ends the whole job through
+``MPI_Abort`` with that status.
+
 An example imports this file as ``common`` -- Python puts a script's own folder on
 ``sys.path`` -- and keeps for itself only what differs: its data and its recipe.
 """
@@ -15,13 +24,14 @@ import argparse
 import dataclasses
 import itertools
 import math
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import minidl
-from minidl import backend, checkpoint, runs, viz
+from minidl import backend, checkpoint, distributed, runs, viz
 from minidl.data import DECODE_ERRORS, BadImage, SkippedSample
 from minidl.data.demo import default_root
 from minidl.optim import SGD, ReduceLROnPlateau
@@ -56,51 +66,95 @@ class Example:
         self.source = source        # whose recipe the full defaults are: "the paper's"
         self.monitored = monitored  # what must improve to keep the rate: "validation error"
         self.folder = None          # the output folder while a run holds it (claim)
+        self.world, self.rank = 1, 0  # processes training together, and which one this is
 
-    def fail(self, message):
-        """Stop with a one-line error (exit status 1) instead of a traceback."""
-        raise SystemExit(f"{self.prog}: error: {message}")
+    def fail(self, message, everywhere=True):
+        """Stop with a one-line error (exit status 1) instead of a traceback. ``everywhere``:
+        with many processes, every one of them meets this error at the same point (they share
+        the options and the data), so rank 0 alone says it."""
+        raise _marked(SystemExit(f"{self.prog}: error: {message}"), everywhere)
 
     def run(self, parser, main, argv):
         """``main(args)`` with ``args`` parsed from ``argv``, ending in one line and an exit
         status when something goes wrong (module docstring); ``--debug`` re-raises instead."""
         args = parser.parse_args(argv)
         try:
+            self.start_processes(args)
             return self._run_reporting(main, args, argv)
+        except SystemExit as end:
+            if self.world == 1 or args.debug:
+                raise
+            self._end_one_of_many(end)
         finally:
             if self.folder is not None:  # held since claim(), even when the run failed
                 self.folder.release()
                 self.folder = None
 
+    def _end_one_of_many(self, end):
+        """One process of many ends with ``end``: quietly where every rank ends the same way
+        (rank 0 tells), else naming this rank and stopping the whole job."""
+        status = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
+        text = None if isinstance(end.code, int) or end.code is None else str(end.code)
+        if distributed.is_raised_on_all_ranks(end) or status == 0:
+            if text and self.rank == 0:
+                print(text, file=sys.stderr, flush=True)
+            raise SystemExit(status) from None
+        print(f"{text or f'{self.prog}: exit status {status}'} (rank {self.rank} of {self.world}; "
+              "stopping every process)", file=sys.stderr, flush=True)
+        distributed.abort(status)
+
+    def start_processes(self, args):
+        """Join the other processes if an MPI launcher started several (or ``--distributed``):
+        ``minidl.distributed.init()``; rank 0 keeps the standard output, and each process gets
+        its share of the CPU cores (unless MINIDL_NUM_THREADS says otherwise)."""
+        if not (args.distributed or distributed.launched_by_mpi()):
+            return
+        try:
+            distributed.init(device=args.device if args.device != "cpu" else None)
+        except (RuntimeError, ImportError) as error:
+            raise SystemExit(f"{self.prog}: error: {error}") from None
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        if self.world == 1:
+            return
+        if self.rank != 0:
+            sys.stdout = open(os.devnull, "w")
+        threads = share_cores()
+        print(f"processes: {self.world} ({distributed.format_hosts()}); {threads}; rank 0 "
+              "prints and writes the files")
+
     def _run_reporting(self, main, args, argv):
         try:
             return main(args)
         except TrainingInterrupted as stop:
-            if stop.saved or (self.folder is not None
-                              and (Path(self.folder.path) / "checkpoint.npz").exists()):
-                print(f"{self.prog}: {stop}; to continue: {resume_command(self.prog, argv)}",
+            if self.rank != 0 and distributed.is_raised_on_all_ranks(stop):
+                pass  # rank 0 says it
+            elif stop.saved or (self.folder is not None
+                                and (Path(self.folder.path) / "checkpoint.npz").exists()):
+                print(f"{self.prog}: {stop}; to continue: {resume_command(self.prog, argv, self.world)}",
                       file=sys.stderr, flush=True)
             else:
                 print(f"{self.prog}: {stop}", file=sys.stderr, flush=True)
             if args.debug:
                 raise
-            raise SystemExit(stop.exit_status) from None
+            raise _marked(SystemExit(stop.exit_status), distributed.is_raised_on_all_ranks(stop)) from None
         except DivergenceError as error:
             if args.debug:
                 raise
             text = str(error).replace("on_nonfinite='skip' or 'reduce_lr'", "--on-nonfinite skip or reduce-lr")
-            print(f"{self.prog}: error: {text}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_DIVERGED) from None
+            if self.rank == 0 or not distributed.is_raised_on_all_ranks(error):
+                print(f"{self.prog}: error: {text}", file=sys.stderr, flush=True)
+            raise _marked(SystemExit(EXIT_DIVERGED), distributed.is_raised_on_all_ranks(error)) from None
         except RecipeChangedError as error:
             if args.debug:
                 raise
             self.fail(str(error).removeprefix("fit: ").replace("(accept_changed_recipe=True)",
                                                                "(--accept-changed-options)"))
-        except (checkpoint.CheckpointError, OSError, MemoryError) as error:
+        except (checkpoint.CheckpointError, OSError, MemoryError, distributed.PeerError) as error:
             if args.debug:
                 raise
             hint = " (try a smaller --batch-size)" if isinstance(error, MemoryError) else ""
-            self.fail(f"{type(error).__name__ + ': ' if isinstance(error, MemoryError) else ''}{error}{hint}")
+            self.fail(f"{type(error).__name__ + ': ' if isinstance(error, MemoryError) else ''}{error}{hint}",
+                      everywhere=distributed.is_raised_on_all_ranks(error))
         except KeyboardInterrupt:  # outside fit: loading data, writing the demo set
             if args.debug:
                 raise
@@ -110,9 +164,13 @@ class Example:
     def claim(self, args, settings):
         """Take the output folder for this run (held until ``run`` returns), refusing in one
         line a folder that another run is using or that holds a run not to be touched."""
-        try:
-            self.folder = runs.claim(settings.out, resume=args.resume, overwrite=args.overwrite)
+        try:  # with many processes rank 0 holds it; the others learn whether it could
+            self.folder = distributed.on_root(lambda: runs.claim(settings.out, resume=args.resume,
+                                                                 overwrite=args.overwrite),
+                                              what="claiming the output folder")
             return self.folder
+        except distributed.PeerError:
+            raise _marked(SystemExit(EXIT_ERROR), True) from None
         except runs.RunLockedError as error:
             self.fail(str(error))
         except runs.RunFolderError as error:
@@ -193,6 +251,10 @@ class Example:
                                  "(default %(default)s)")
         parser.add_argument("--debug", action="store_true",
                             help="show the Python traceback of an error instead of one line")
+        parser.add_argument("--distributed", action="store_true",
+                            help="train on every process an MPI launcher started (found by itself "
+                                 "under mpiexec or srun; this insists, and fails without mpi4py); "
+                                 "--batch-size is then the global batch, split among them")
         demo = parser.add_argument_group("demo data (used when --data is absent)")
         demo.add_argument("--demo-dir", type=Path, default=None,
                           help=f"where the demo {demo_files} are written once "
@@ -225,6 +287,9 @@ class Example:
                 self.fail(f"{name} must be a finite number >= 0, got {value}")
         if args.accept_changed_options and not args.resume:
             self.fail("--accept-changed-options goes with --resume")
+        if batch_size < self.world:
+            self.fail(f"--batch-size {batch_size} is smaller than the {self.world} processes: each "
+                      "needs at least one image per step (--batch-size is the global batch)")
         try:
             device = backend.normalize_device(args.device)
         except (RuntimeError, ValueError) as error:
@@ -256,12 +321,58 @@ def fit_options(args):
                 on_nonfinite=args.on_nonfinite.replace("-", "_"), max_steps=args.max_steps)
 
 
-def resume_command(prog, argv):
-    """The command that continues this run: the same options, with --resume."""
+def resume_command(prog, argv, processes=1):
+    """The command that continues this run: the same options, with --resume (and the same
+    number of processes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [a for a in argv if a not in ("--overwrite", "--resume")]
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith(prog) else f"examples/{prog}"
-    return shlex.join(["python", script] + argv + ["--resume"])
+    launcher = ["mpiexec", "-n", str(processes)] if processes > 1 else []
+    return shlex.join(launcher + ["python", script] + argv + ["--resume"])
+
+
+def _marked(error, everywhere):
+    return distributed.raised_on_all_ranks(error) if everywhere else error
+
+
+def share_cores():
+    """Give each of the processes on this machine its share of the cores for minidl's and
+    BLAS's threads, unless MINIDL_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise: two
+    processes of two threads on two cores would each wait for the other's. Returns a
+    description of the thread counts."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // _processes_here())
+    set_threads = getattr(minidl.cpu, "set_num_threads", None)
+    if set_threads is not None and not os.environ.get("MINIDL_NUM_THREADS"):
+        set_threads(share)
+    if not os.environ.get("OPENBLAS_NUM_THREADS"):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(share, user_api="blas")
+    minidl_threads = minidl.cpu.num_threads() if hasattr(minidl.cpu, "num_threads") else "?"
+    return f"{minidl_threads} minidl thread(s) per process on {cores} core(s)"
+
+
+def _processes_here():
+    """How many of the job's processes run on this machine."""
+    here = distributed.hosts()[distributed.rank()][0]
+    return sum(1 for host, _ in distributed.hosts() if host == here)
+
+
+def shard():
+    """The DataLoader arguments that give this process its share of each global batch."""
+    return dict(num_replicas=distributed.world_size(), rank=distributed.rank())
+
+
+def distribute(model):
+    """``model`` wrapped to average its gradients over the processes (itself when alone)."""
+    return distributed.DistributedDataParallel(model) if distributed.world_size() > 1 else model
+
+
+def on_rank_0_first(make):
+    """``make()`` on rank 0, then on the others (a demo set written once, which the others then
+    find complete, or write on a machine of their own)."""
+    made = distributed.on_root(make, what="writing the demo data set")
+    return made if distributed.rank() == 0 else make()
 
 
 def first_usable(groups, make):

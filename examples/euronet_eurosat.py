@@ -142,7 +142,7 @@ def train(args):
     if args.scale is not None and not (np.isfinite(args.scale) and args.scale > 0):
         EXAMPLE.fail(f"--scale must be a finite number > 0, got {args.scale}")
     EXAMPLE.claim(args, run)  # before the data: a refused --out costs nothing; held to the end
-    root = data_root(args)
+    root = common.on_rank_0_first(lambda: data_root(args))
     bands = tuple(b.strip() for b in args.bands.split(",")) if args.bands else None
     try:
         train_set, test_set, (mean, std) = eurosat_splits(root, train_fraction=0.8, seed=args.seed,
@@ -164,8 +164,9 @@ def train(args):
     summary(model, model.input_shape)
 
     train_loader = DataLoader(train_set, run.batch_size, shuffle=True, seed=args.seed,
-                              num_workers=args.workers)
-    test_loader = DataLoader(test_set, run.batch_size, num_workers=args.workers)
+                              num_workers=args.workers, **common.shard())
+    test_loader = DataLoader(test_set, run.batch_size, num_workers=args.workers, **common.shard())
+    trained = common.distribute(model)  # itself, or averaging its gradients over the processes
     optimizer, scheduler = common.sgd_with_plateau(model, args, run)
     loss_fn = with_one_hot(ops.binary_cross_entropy_with_logits)
     metrics = (top1, binary_error)
@@ -176,7 +177,7 @@ def train(args):
           f"answering 'no' everywhere scores {100 / len(classes):.0f}%)")
     recipe = {"model": "euronet", "classes": list(classes), "bands": list(dataset.bands),
               "seed": args.seed, "scale": args.scale, "nonfinite": args.nonfinite}
-    result = fit(model, loss_fn, optimizer, train_loader, run.epochs, val_loader=test_loader,
+    result = fit(trained, loss_fn, optimizer, train_loader, run.epochs, val_loader=test_loader,
                  scheduler=scheduler, device=run.device, out_dir=run.out, metrics=metrics,
                  predict=sigmoid_scores, monitor="val_loss", recipe=recipe, **common.fit_options(args))
     history = result["history"]
@@ -186,14 +187,14 @@ def train(args):
         print(f"training loss: {history[0]['train_loss']:.4f} in epoch 1, "
               f"{history[-1]['train_loss']:.4f} in epoch {history[-1]['epoch']}; {best}")
 
-    tested = evaluate(model, test_loader, loss_fn, device=run.device, metrics=metrics,
+    tested = evaluate(trained, test_loader, loss_fn, device=run.device, metrics=metrics,
                       predict=sigmoid_scores)
     print(f"final model on the {len(test_set):,} test images: loss {tested['loss']:.4f}, accuracy "
           f"{100 * (1 - tested['top1']):.2f}% (top-1 error {100 * tested['top1']:.2f}%), binary "
           f"accuracy {100 * (1 - tested['binary']):.2f}%")
 
-    written = common.save_pictures(model, picture_images(test_set, dataset), classes, run.out,
-                                   args.grad_cam_images, filter_scale=8)
+    written = [] if EXAMPLE.rank else common.save_pictures(
+        model, picture_images(test_set, dataset), classes, run.out, args.grad_cam_images, filter_scale=8)
     print(f"data: {dataset.summary()}")
     common.print_written(run.out, written, start)
     return {"fit": result, "test": tested, "out": run.out, "pictures": written, "classes": classes,

@@ -22,8 +22,8 @@ killed run; and what a run is made of: its recipe, and where it ran.
 
 ``make_recipe`` and ``recipe_changes`` say what a resumed run must share with its checkpoint
 (the optimiser's and schedule's settings, the batch size, what the caller adds).
-``environment()`` is what a checkpoint records about the process that wrote it: versions and
-thread settings. BLAS and Numba threads split sums differently, so a run resumed with other
+``environment()`` is what a checkpoint records about the process that wrote it: versions,
+thread settings and the number of processes that trained together. BLAS and Numba threads split sums differently, so a run resumed with other
 settings matches the uninterrupted one only to float rounding (about 1e-7), not bitwise;
 ``fit`` warns when they differ.
 """
@@ -370,11 +370,13 @@ def describe_changes(changes):
 
 
 # -- where a run ran -------------------------------------------------------------------------
-def environment():
-    """Versions and thread settings of this process, as a checkpoint records them."""
+def environment(processes=1):
+    """Versions and thread settings of this process, and the number of ``processes`` training
+    together (``minidl.distributed``), as a checkpoint records them."""
     from . import __version__
 
     record = {"python": platform.python_version(), "numpy": np.__version__, "minidl": __version__,
+              "processes": int(processes),
               "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
     try:
         import numba
@@ -391,6 +393,9 @@ def environment_differences(saved, current):
     for key in ("minidl", "python", "numpy", "numba"):
         if saved.get(key) != current.get(key):
             differences.append(f"{key} {saved.get(key)} -> {current.get(key)}")
+    # A run resumed on another number of processes splits each batch's sums differently.
+    if saved.get("processes", 1) != current.get("processes", 1):
+        differences.append(f"processes {saved.get('processes', 1)} -> {current.get('processes', 1)}")
     old, new = saved.get("threads") or {}, current.get("threads") or {}
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):

@@ -42,6 +42,16 @@ shuffling and augmentation from (seed, epoch) -- that is what makes a resumed ru
 batches as an uninterrupted one. A loader with ``state_dict()``/``load_state_dict()`` has that
 state saved too.
 
+**Many processes** (``minidl.distributed``, ``mpiexec -n N``): pass the model wrapped in
+``DistributedDataParallel`` and loaders sharded with ``num_replicas``/``rank``; the batch size is
+the global one. Every rank runs ``fit``; the loss, errors and stop decisions are those of the
+whole global batch and the whole validation set, reduced over the ranks, so every rank takes
+the same decisions; only rank 0 prints, holds the run folder's lock and writes files (a failure
+there is raised on every rank). A NaN on one rank reaches all of them through the averaged
+gradient and the reduced loss; a signal to any rank stops all of them after the same step. The
+checkpoint is the same as one process's, so a run resumes on another number of ranks too (to
+float rounding: the sums are split differently; a ``ResumeWarning`` says so).
+
 The errors come from ``minidl.metrics``: a metric is a function ``metric(scores, labels) ->
 error`` of a batch, where ``scores = predict(outputs)``, by default the softmax of the model's
 outputs. For a sigmoid model such as EuroNet pass ``predict=metrics.sigmoid_scores``,
@@ -64,7 +74,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from . import backend, checkpoint, runs
+from . import backend, checkpoint, distributed, runs
 from . import random as minidl_random
 from .metrics import named_metrics, softmax_scores, top1, top5
 from .plot import plot_curves
@@ -166,9 +176,12 @@ def evaluate(model, loader, loss_fn=None, device="cpu", ten_crop=False, metrics=
         with model.evaluating(), no_grad():
             for batch in loader:
                 images, labels = _split_batch(batch, "evaluate")
+                n = int(np.shape(_as_raw(labels))[0])
+                if n == 0:
+                    bar.update()
+                    continue  # a rank's empty piece of a sharded batch
                 x = _images_to_device(images, device, dtype)
                 y = backend.to_device(_as_raw(labels), device)
-                n = int(y.shape[0])
                 crops = 1
                 if ten_crop:
                     if x.ndim != 5:
@@ -190,6 +203,12 @@ def evaluate(model, loader, loss_fn=None, device="cpu", ten_crop=False, metrics=
                 bar.update()
     finally:
         bar.close()
+    if getattr(loader, "num_replicas", 1) > 1 and distributed.world_size() > 1:
+        # A sharded loader: the sums over every rank's piece are those of the whole set.
+        names = list(sums)
+        total = distributed.allreduce(np.array([loss_sum, seen] + [sums[k] for k in names], np.float64))
+        loss_sum, seen = float(total[0]), int(total[1])
+        sums = {name: float(value) for name, value in zip(names, total[2:])}
     if seen == 0:
         raise ValueError("evaluate: the loader yielded no batches")
     seconds = time.perf_counter() - start
@@ -233,6 +252,10 @@ class _Setup:
     snapshot: Optional[dict] = None           # on_nonfinite="reduce_lr": the state to go back to
     lr_reductions: int = 0
     nonfinite_in_a_row: int = 0               # batches refused since the last good step
+    state_model: Any = None   # whose state a checkpoint holds: the model, unwrapped from DDP
+    world: int = 1            # processes training together (minidl.distributed)
+    root: bool = True         # rank 0: prints, holds the folder, writes the files
+    agreed_signum: Optional[int] = None       # a signal some rank got, once all ranks know it
 
     @property
     def metric_names(self):
@@ -292,7 +315,7 @@ def _check_recipe(setup, saved, path):
     """Compare the checkpoint's recipe with this run's: equal, or an error listing the changes,
     or -- accepted -- the changes, to apply once the state is loaded."""
     if saved.get("recipe") is None:
-        warnings.warn(f"fit(resume=True): {path} holds no recipe (an older minidl wrote it), so a "
+        _warn(setup, f"fit(resume=True): {path} holds no recipe (an older minidl wrote it), so a "
                       "changed learning rate, batch size or model cannot be noticed", ResumeWarning)
         return []
     changes = runs.recipe_changes(saved["recipe"], setup.recipe,
@@ -325,7 +348,8 @@ def _apply_recipe_changes(setup, changes):
             if key == "lr" and scheduler is not None and getattr(scheduler, "base_lr", None) and optimizer.lr:
                 scheduler.base_lr *= new / optimizer.lr
             setattr(optimizer, key, tuple(new) if isinstance(new, list) else new)
-    print(f"resume: using the changed recipe (accepted): {runs.describe_changes(changes)}")
+    if setup.root:
+        print(f"resume: using the changed recipe (accepted): {runs.describe_changes(changes)}")
 
 
 # -- the state a checkpoint holds -------------------------------------------------------------------
@@ -339,7 +363,8 @@ def _capture(setup, run, rng_state, model_state, epoch):
         run=run.state_dict(), rng=rng_state, monitor=setup.monitor,
         loader={"seed": getattr(loader, "seed", None), "epoch": epoch,
                 "state": loader.state_dict() if hasattr(loader, "state_dict") else None},
-        recipe=setup.recipe, recipe_keys=sorted(setup.recipe_keys), environment=runs.environment())
+        recipe=setup.recipe, recipe_keys=sorted(setup.recipe_keys),
+        environment=runs.environment(processes=setup.world))
 
 
 _REQUIRED = ("model", "optimizer", "scheduler", "run", "rng", "loader")
@@ -370,19 +395,50 @@ def _restore(setup, run, saved, where):
 
 def _resume(setup, run, resume):
     """Load the checkpoint ``resume`` names (True: out_dir's), after checking that this run
-    has its recipe; a fresh start, with a note, where out_dir has none yet."""
+    has its recipe; a fresh start, with a note, where out_dir has none yet. With many ranks,
+    rank 0 reads the file and sends its contents to the others."""
     if isinstance(resume, (str, os.PathLike)):
-        path = os.fspath(resume)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"fit: resume={path!r} but there is no such checkpoint")
+        path, named = os.fspath(resume), True
     elif not setup.files:
-        raise ValueError("fit: resume=True needs out_dir (where checkpoint.npz is) or a checkpoint path")
+        raise distributed.raised_on_all_ranks(ValueError(
+            "fit: resume=True needs out_dir (where checkpoint.npz is) or a checkpoint path"))
     else:
-        path = setup.files["checkpoint.npz"]
-    if not os.path.exists(path):
+        path, named = setup.files["checkpoint.npz"], False
+    saved = distributed.on_root(lambda: _read_checkpoint(path, named), share_result=True,
+                                what="reading the checkpoint to resume")
+    if saved is None:
         if setup.progress:
             print(f"no checkpoint at {path} yet: starting from scratch")
         return
+    try:  # every rank decides from the same contents: an error here is raised by all
+        changes = _check_recipe(setup, saved, path)
+        loader_state = _restore(setup, run, saved, repr(path))
+    except Exception as error:
+        raise distributed.raised_on_all_ranks(error)
+    if changes:
+        _apply_recipe_changes(setup, changes)
+    seed = getattr(setup.train_loader, "seed", None)
+    if loader_state.get("seed") is not None and seed != loader_state["seed"]:
+        _warn(setup, f"fit(resume=True): the train loader's seed is {seed}, the checkpoint's "
+                     f"{loader_state['seed']}: the batches will differ from the original run")
+    differences = (runs.environment_differences(saved["environment"], runs.environment(processes=setup.world))
+                   if saved.get("environment") else [])  # an older checkpoint has no record
+    if differences:
+        _warn(setup, f"fit(resume=True): {path} was written with other settings ({'; '.join(differences)}): "
+                     "the resumed run can differ from an uninterrupted one at the level of float "
+                     "rounding (about 1e-7), not bit for bit", ResumeWarning)
+    setup.last_checkpoint = (path, run.epoch, run.step)
+    if setup.progress:
+        print(f"resuming from {path}: {run.epoch} epoch(s) and {run.step} step(s) done")
+
+
+def _read_checkpoint(path, named):
+    """The contents of the checkpoint at ``path``, checked to be one ``fit`` can resume; None
+    if there is none yet (an error if the caller ``named`` it)."""
+    if not os.path.exists(path):
+        if named:
+            raise FileNotFoundError(f"fit: resume={path!r} but there is no such checkpoint")
+        return None
     saved = checkpoint.load(path)
     if saved.get("kind") != "minidl.train.fit":
         raise checkpoint.CheckpointError(f"checkpoint {path!r} was not written by fit() "
@@ -390,23 +446,13 @@ def _resume(setup, run, resume):
     missing = [key for key in _REQUIRED if key not in saved]
     if missing:
         raise checkpoint.CheckpointError(f"checkpoint {path!r} lacks {missing}: it cannot be resumed")
-    changes = _check_recipe(setup, saved, path)
-    loader_state = _restore(setup, run, saved, repr(path))
-    if changes:
-        _apply_recipe_changes(setup, changes)
-    seed = getattr(setup.train_loader, "seed", None)
-    if loader_state.get("seed") is not None and seed != loader_state["seed"]:
-        warnings.warn(f"fit(resume=True): the train loader's seed is {seed}, the checkpoint's "
-                      f"{loader_state['seed']}: the batches will differ from the original run")
-    differences = (runs.environment_differences(saved["environment"], runs.environment())
-                   if saved.get("environment") else [])  # an older checkpoint has no record
-    if differences:
-        warnings.warn(f"fit(resume=True): {path} was written with other settings ({'; '.join(differences)}): "
-                      "the resumed run can differ from an uninterrupted one at the level of float "
-                      "rounding (about 1e-7), not bit for bit", ResumeWarning)
-    setup.last_checkpoint = (path, run.epoch, run.step)
-    if setup.progress:
-        print(f"resuming from {path}: {run.epoch} epoch(s) and {run.step} step(s) done")
+    return saved
+
+
+def _warn(setup, message, category=UserWarning):
+    """A warning from rank 0 only: every rank would say the same."""
+    if setup.root:
+        warnings.warn(message, category, stacklevel=3)
 
 
 # -- stopping on a signal -------------------------------------------------------------------------
@@ -415,8 +461,9 @@ class _GracefulStop:
     step (``signum`` is set); a second one raises ``TrainingInterrupted`` at once. Handlers can
     be set only in the main thread; elsewhere, and with ``enabled=False``, nothing changes."""
 
-    def __init__(self, enabled):
+    def __init__(self, enabled, announce=True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.announce = announce  # with many ranks, rank 0 alone says it
         self.signum = None
         self.previous = {}
 
@@ -437,21 +484,36 @@ class _GracefulStop:
             raise TrainingInterrupted(f"stopped at once by a second {name}: nothing was saved after "
                                       "the last checkpoint", signum)
         self.signum = signum
+        if not self.announce:
+            return
         print(f"\n{name}: stopping after this step and saving a checkpoint "
               f"({'Ctrl-C' if signum == signal.SIGINT else name} again stops at once, saving nothing)",
               file=sys.stderr, flush=True)
 
 
+def _stop_agreed(setup, ask=False):
+    """Whether a signal asks the run to stop. One process: whether it got one. Many: whether
+    any rank got one, as of the last exchange -- each step's, or a new one with ``ask`` -- so
+    that all ranks stop after the same step."""
+    if setup.world == 1:
+        setup.agreed_signum = setup.stop.signum
+    elif ask:
+        got = distributed.allgather(setup.stop.signum)
+        setup.agreed_signum = next((signum for signum in got if signum is not None), None)
+    return setup.agreed_signum is not None
+
+
 def _interrupted(setup, run):
-    signum = setup.stop.signum
+    signum = setup.agreed_signum
     name = signal.Signals(signum).name
-    if setup.files:
+    if setup.files:  # every rank stops after the same step: nothing to abort
         path = setup.files["checkpoint.npz"]
-        return TrainingInterrupted(f"stopped by {name} after step {run.step}; the checkpoint {path} "
-                                   "holds every step taken: resume to go on", signum, path, run.step,
-                                   saved=True)
-    return TrainingInterrupted(f"stopped by {name} after step {run.step}; nothing was saved "
-                               "(no out_dir)", signum, None, run.step)
+        return distributed.raised_on_all_ranks(TrainingInterrupted(
+            f"stopped by {name} after step {run.step}; the checkpoint {path} holds every step "
+            "taken: resume to go on", signum, path, run.step, saved=True))
+    return distributed.raised_on_all_ranks(TrainingInterrupted(
+        f"stopped by {name} after step {run.step}; nothing was saved (no out_dir)", signum, None,
+        run.step))
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -502,6 +564,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     if resume and overwrite:
         raise ValueError("fit: resume and overwrite exclude each other (continue a run, or replace it)")
     batches_per_epoch = _batches_per_epoch(train_loader)
+    world, root, state_model = _processes(model, train_loader)
     device = backend.normalize_device(device)
     model.to(device)
     metric_fns = named_metrics(metrics)
@@ -513,22 +576,48 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         batches_per_epoch=batches_per_epoch, max_steps=max_steps,
         early_stopping_patience=early_stopping_patience, device=device, dtype=model.dtype,
         metrics=metric_fns, predict=predict, monitor=monitor, val_ten_crop=val_ten_crop,
-        progress=progress, generators=minidl_random.find_generators(model, train_loader, generators),
+        progress=progress and root,
+        generators=minidl_random.find_generators(state_model, train_loader, generators),
         files={}, parameters=list(model.parameters()),
         recipe=runs.make_recipe(optimizer, scheduler, train_loader, recipe),
         recipe_keys={"optimizer", "scheduler", "batch_size"} | {str(key) for key in (recipe or {})},
-        accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite)
+        accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite,
+        state_model=state_model, world=world, root=root)
     folder = None
-    if out_dir is not None:
-        folder = runs.claim(out_dir, resume=bool(resume), overwrite=overwrite)
-        setup.files = folder.files
+    if out_dir is not None:  # rank 0 holds the folder; the others learn whether it could
+        folder = distributed.on_root(lambda: runs.claim(out_dir, resume=bool(resume), overwrite=overwrite),
+                                     what="claiming the run folder")
+        setup.files = {name: os.path.join(os.fspath(out_dir), name) for name in runs.RUN_FILES}
     try:
-        with _GracefulStop(handle_signals) as stop:
+        with _GracefulStop(handle_signals, announce=root) as stop:
             setup.stop = stop
             return _run(setup, resume)
     finally:
         if folder is not None:
             folder.release()
+
+
+def _processes(model, train_loader):
+    """(processes training together, whether this is rank 0, the model unwrapped from
+    DistributedDataParallel), checking that with many the model and loader are made for it."""
+    world = distributed.world_size()
+    if world > 1:
+        _check_distributed(model, train_loader, world)
+    state_model = model.module if isinstance(model, distributed.DistributedDataParallel) else model
+    return world, distributed.rank() == 0, state_model
+
+
+def _check_distributed(model, train_loader, world):
+    """With many ranks: the model must average its gradients, the loader read this rank's share."""
+    if not isinstance(model, distributed.DistributedDataParallel):
+        raise distributed.raised_on_all_ranks(ValueError(
+            f"fit: {world} processes are training together (minidl.distributed), but the model is "
+            "not wrapped in distributed.DistributedDataParallel: each would train a copy of its own"))
+    replicas = getattr(train_loader, "num_replicas", None)
+    if replicas is not None and replicas != world:
+        raise distributed.raised_on_all_ranks(ValueError(
+            f"fit: the train loader is sharded for {replicas} process(es), but {world} are training: "
+            "make it with num_replicas=distributed.world_size(), rank=distributed.rank()"))
 
 
 def _run(setup, resume):
@@ -537,12 +626,13 @@ def _run(setup, resume):
     if resume:
         _resume(setup, run, resume)
     if setup.files:
-        _write_metrics(setup.files["metrics.jsonl"], run.history)
+        distributed.on_root(lambda: _write_metrics(setup.files["metrics.jsonl"], run.history),
+                            what="writing metrics.jsonl")
     if setup.on_nonfinite == "reduce_lr":
         setup.snapshot = _snapshot(setup, run, minidl_random.capture_state(setup.generators))
     stopped_early = False
     while run.epoch < setup.epochs and not stopped_early:
-        if setup.stop.signum is not None:
+        if _stop_agreed(setup, ask=True):
             raise _interrupted(setup, run)
         if setup.max_steps is not None and run.step >= setup.max_steps:
             break
@@ -556,7 +646,7 @@ def _run(setup, resume):
             continue
         rng_state = minidl_random.capture_state(setup.generators)  # before validation could draw
         stopped_early = _close_epoch(setup, run, totals, complete, lr, rng_state)
-        if setup.stop.signum is not None:
+        if _stop_agreed(setup, ask=True):
             raise _interrupted(setup, run)
         if not complete:
             break
@@ -596,8 +686,7 @@ def _train_epoch(setup, run):
         for index, batch in enumerate(loader, start=first):
             if index < skip:
                 continue  # already trained on before the stop this run resumes from
-            if setup.stop.signum is not None or (setup.max_steps is not None
-                                                 and run.step >= setup.max_steps):
+            if _stop_agreed(setup) or (setup.max_steps is not None and run.step >= setup.max_steps):
                 complete = False
                 break
             nonfinite = _train_step(setup, batch, totals)
@@ -605,6 +694,8 @@ def _train_epoch(setup, run):
             if nonfinite is None:
                 run.step += 1
                 setup.nonfinite_in_a_row = 0
+            elif nonfinite is _NO_SAMPLES:
+                pass  # every file of the batch, on every rank, was unreadable
             else:
                 setup.nonfinite_in_a_row += 1
                 _on_nonfinite(setup, run, totals, nonfinite)
@@ -619,10 +710,11 @@ def _train_epoch(setup, run):
     finally:
         bar.close()
     totals["seconds"] += time.perf_counter() - start
-    if complete and setup.stop.signum is not None:
+    if complete and _stop_agreed(setup):
         complete = False  # stopped before validation: a resumed run validates this epoch
     if totals["seen"] == 0 and complete and not totals.get("skipped"):
-        raise ValueError(f"fit: the train loader yielded no batches in epoch {run.epoch + 1}")
+        raise distributed.raised_on_all_ranks(
+            ValueError(f"fit: the train loader yielded no batches in epoch {run.epoch + 1}"))
     return totals, complete
 
 
@@ -640,11 +732,16 @@ def _batches_consumed(loader, epoch, counted):
     return counted
 
 
+_NO_SAMPLES = "no samples"  # what _train_step returns for a global batch without a sample
+
+
 def _train_step(setup, batch, totals):
     """One optimiser step on ``batch``; adds its loss and errors, weighted by its size, to
     ``totals``. Returns None, or -- the loss or the gradient norm being NaN or infinite --
     (loss, squared gradient norm), and then takes no step."""
     images, labels = _split_batch(batch, "fit")
+    if setup.world > 1:
+        return _train_step_together(setup, images, labels, totals)
     x = Tensor(_images_to_device(images, setup.device, setup.dtype))
     y = backend.to_device(_as_raw(labels), setup.device)
     outputs = setup.model(x)
@@ -666,11 +763,53 @@ def _train_step(setup, batch, totals):
     return None
 
 
+def _train_step_together(setup, images, labels, totals):
+    """``_train_step`` on this rank's piece of a global batch: forward and backward here, the
+    gradients averaged by the DistributedDataParallel model, then one exchange of the loss,
+    the errors, the sample counts, the finiteness of each rank's values and any signal, from
+    which every rank takes the same decision. Returns as ``_train_step`` does, or
+    ``_NO_SAMPLES`` when no rank had a sample."""
+    n = int(np.shape(_as_raw(labels))[0])
+    setup.optimizer.zero_grad()
+    sums = [0.0] * len(setup.metrics)
+    if n == 0:
+        setup.model.empty_step()
+        loss_value, norm_squared = 0.0, _loss_and_gradient_norm(None, setup.parameters)[1]
+    else:
+        x = Tensor(_images_to_device(images, setup.device, setup.dtype))
+        y = backend.to_device(_as_raw(labels), setup.device)
+        outputs = setup.model(x)
+        loss = setup.loss_fn(outputs, y)
+        loss.backward()
+        setup.model.synchronize()
+        loss_value, norm_squared = _loss_and_gradient_norm(loss, setup.parameters)
+        with no_grad():
+            scores = setup.predict(outputs.data)
+            sums = [fn(scores, y) * n for _, fn in setup.metrics]
+    finite = math.isfinite(loss_value) and math.isfinite(norm_squared)
+    rows = distributed.allgather((loss_value * n, n, finite, setup.stop.signum, sums))
+    setup.agreed_signum = next((row[3] for row in rows if row[3] is not None), None)
+    seen = sum(row[1] for row in rows)
+    if seen == 0:
+        setup.optimizer.zero_grad()
+        return _NO_SAMPLES
+    loss_sum = sum(row[0] for row in rows)  # in rank order: the same sum on every rank
+    if not (all(row[2] for row in rows) and math.isfinite(loss_sum)):
+        setup.optimizer.zero_grad()
+        return loss_sum / seen, norm_squared
+    setup.optimizer.step()
+    for k, (name, _) in enumerate(setup.metrics):
+        totals[name] += sum(row[4][k] for row in rows)
+    totals["loss"] += loss_sum
+    totals["seen"] += seen
+    return None
+
+
 def _loss_and_gradient_norm(loss, parameters):
     """The loss and the squared norm of all gradients, read from the device in one transfer
     (the loss had to be read anyway). A norm past the float range (about 1e19 in float32)
     counts as infinite, which is divergence by any measure."""
-    xp = backend.array_module(loss.data)
+    xp = backend.array_module(loss.data if loss is not None else parameters[0].data)
     norm_squared = None
     for p in parameters:
         g = p.grad
@@ -680,8 +819,9 @@ def _loss_and_gradient_norm(loss, parameters):
         term = xp.dot(flat, flat)
         norm_squared = term if norm_squared is None else norm_squared + term
     if norm_squared is None:
-        return float(loss.item()), 0.0
-    both = backend.to_numpy(xp.stack([xp.asarray(loss.data, dtype=np.float64).reshape(()),
+        return (0.0 if loss is None else float(loss.item())), 0.0
+    loss_data = xp.zeros(()) if loss is None else loss.data  # None: a rank without a sample
+    both = backend.to_numpy(xp.stack([xp.asarray(loss_data, dtype=np.float64).reshape(()),
                                       xp.asarray(norm_squared, dtype=np.float64)]))
     return float(both[0]), float(both[1])
 
@@ -722,9 +862,10 @@ def _on_nonfinite(setup, run, totals, values):
     elif setup.on_nonfinite == "reduce_lr":
         what += f", after {LR_REDUCTIONS} reductions of the learning rate"
     last = setup.last_checkpoint[0] if setup.last_checkpoint else None
-    raise DivergenceError(f"training diverged at {what}; stopped without saving these weights; "
-                          f"{_last_good(setup)}. Resume from it with a lower learning rate, or "
-                          "choose on_nonfinite='skip' or 'reduce_lr'", step=step, checkpoint=last)
+    raise distributed.raised_on_all_ranks(DivergenceError(
+        f"training diverged at {what}; stopped without saving these weights; {_last_good(setup)}. "
+        "Resume from it with a lower learning rate, or choose on_nonfinite='skip' or 'reduce_lr'",
+        step=step, checkpoint=last))
 
 
 def _snapshot(setup, run, rng_state):
@@ -771,10 +912,13 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
     if totals.get("skipped"):
         record["skipped_batches"] = totals["skipped"]
     model_state = setup.model.state_dict()
+    if setup.world > 1:
+        distributed.check_same_parameters(setup.state_model, f"after step {run.step}")
     if not _finite_state(model_state):
-        raise DivergenceError(f"the weights are not finite after step {run.step} (epoch {epoch + 1}); "
-                              f"they were not saved; {_last_good(setup)}", step=run.step,
-                              checkpoint=setup.last_checkpoint[0] if setup.last_checkpoint else None)
+        raise distributed.raised_on_all_ranks(DivergenceError(
+            f"the weights are not finite after step {run.step} (epoch {epoch + 1}); they were not "
+            f"saved; {_last_good(setup)}", step=run.step,
+            checkpoint=setup.last_checkpoint[0] if setup.last_checkpoint else None))
     stopped_early = False
     if complete:
         run.partial = None
@@ -790,9 +934,10 @@ def _close_epoch(setup, run, totals, complete, lr, rng_state):
         if math.isfinite(value) and _finite_record(record) and (run.best is None or value < run.best):
             run.best, run.best_epoch, run.bad_epochs = value, epoch + 1, 0
             if setup.files:
-                checkpoint.save(setup.files["best.npz"], kind="minidl.train.best",
-                                model=model_state, epoch=epoch + 1,
-                                monitor=setup.monitor, value=value, record=record)
+                distributed.on_root(lambda: checkpoint.save(
+                    setup.files["best.npz"], kind="minidl.train.best", model=model_state,
+                    epoch=epoch + 1, monitor=setup.monitor, value=value, record=record),
+                    what="writing best.npz")
         else:
             run.bad_epochs += 1
         if setup.scheduler is not None:
@@ -830,11 +975,15 @@ def _save_epoch(setup, run, record, state):
     """checkpoint.npz (``state``, its random-number states as they were before validation), the
     record's line in metrics.jsonl, and curves.png redrawn."""
     files, names = setup.files, setup.metric_names
-    checkpoint.save(files["checkpoint.npz"], **state)
+    distributed.on_root(lambda: checkpoint.save(files["checkpoint.npz"], **state),
+                        what="writing checkpoint.npz")
     setup.last_checkpoint = (files["checkpoint.npz"], run.epoch, run.step)
-    _append_metrics(files["metrics.jsonl"], record)
-    plot_curves(run.history, files["curves.png"], error_key=names[0] if names else None,
-                extra_error_key=names[1] if len(names) > 1 else None)
+
+    def log():
+        _append_metrics(files["metrics.jsonl"], record)
+        plot_curves(run.history, files["curves.png"], error_key=names[0] if names else None,
+                    extra_error_key=names[1] if len(names) > 1 else None)
+    distributed.on_root(log, what="writing metrics.jsonl and curves.png")
 
 
 # -- the log -------------------------------------------------------------------------------------

@@ -6,6 +6,18 @@ loader calls it with a generator derived from (seed, epoch, index) -- never from
 stateful generator -- so sample ``i`` of epoch ``e`` is the same array whichever thread made it
 and in whatever order the threads finished. That is what makes ``num_workers=2`` give exactly
 the batches of ``num_workers=0``, and a resumed run give exactly the batches of an unbroken one.
+
+Sharding for data-parallel training (``minidl.distributed``): with ``num_replicas=N, rank=r``
+the loader still walks the epoch's permutation in global batches of ``batch_size``, and yields
+rank r's piece of each: the r-th of N contiguous pieces, as even as can be (sizes differ by one
+at most). So the N ranks read disjoint parts of the same seeded permutation every epoch, as
+PyTorch's ``DistributedSampler`` makes them, and together each step they see exactly the global
+batch one process would see -- that is what lets N ranks train exactly as one process. Unlike
+``DistributedSampler`` nothing is padded (no sample is read twice, so validation metrics count
+every image once) and ``len(loader)`` is the number of global batches, the same on every rank.
+``drop_last`` drops the last global batch if it is short, as for one process. A rank whose piece
+is empty (a last global batch with fewer samples than ranks, or files that were all unreadable)
+still yields, so that every rank takes every step: an empty batch, images and labels of shape (0,).
 """
 import collections
 import concurrent.futures
@@ -34,6 +46,13 @@ def epoch_order(length, seed, epoch, shuffle=True):
         return np.arange(length)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0, int(epoch))))
     return rng.permutation(length)
+
+
+def shard(batch, num_replicas, rank):
+    """Rank ``rank``'s piece of a global batch: the ``rank``-th of ``num_replicas`` contiguous
+    pieces, whose sizes differ by one at most (the larger ones last)."""
+    n = len(batch)
+    return batch[(rank * n) // num_replicas:((rank + 1) * n) // num_replicas]
 
 
 def load_sample(dataset, index, rng):
@@ -196,19 +215,27 @@ class DataLoader:
     * A sample whose dataset raises ``SkippedSample`` (an undecodable file) is left out of its
       batch, which is then one shorter.
 
+    * Sharding: ``num_replicas`` ranks, this one ``rank`` (module docstring); ``batch_size`` is
+      the global batch, ``len`` the number of global batches, ``state_dict`` counts them.
+
     Not for two simultaneous iterations of the same loader.
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, seed=0, num_workers=2, drop_last=False,
-                 prefetch_batches=2, collate_fn=collate):
+                 prefetch_batches=2, collate_fn=collate, num_replicas=1, rank=0):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if int(num_workers) != num_workers or num_workers < 0:
             raise ValueError(f"DataLoader: num_workers must be a non-negative integer, got {num_workers!r}")
         if int(prefetch_batches) != prefetch_batches or prefetch_batches < 0:
             raise ValueError(f"DataLoader: prefetch_batches must be a non-negative integer, got {prefetch_batches!r}")
+        if int(num_replicas) != num_replicas or num_replicas < 1:
+            raise ValueError(f"DataLoader: num_replicas must be a positive integer, got {num_replicas!r}")
+        if int(rank) != rank or not 0 <= rank < num_replicas:
+            raise ValueError(f"DataLoader: rank must be an integer in [0, {num_replicas}), got {rank!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.num_workers = int(num_workers)
@@ -241,10 +268,14 @@ class DataLoader:
         self.set_epoch(state["epoch"], state.get("batch", 0))
 
     def batch_indices(self, epoch=None):
-        """The dataset indices of every batch of an epoch (default: the current one)."""
+        """The dataset indices of every batch of an epoch (default: the current one) that this
+        loader reads: with sharding, this rank's piece of each global batch."""
         epoch = self.epoch if epoch is None else epoch
         order = epoch_order(len(self.dataset), self.seed, epoch, self.shuffle)
-        return [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        batches = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]
+        if self.num_replicas == 1:
+            return batches
+        return [shard(batch, self.num_replicas, self.rank) for batch in batches]
 
     def _load(self, index, epoch):
         try:
@@ -283,7 +314,10 @@ class DataLoader:
         self.epoch, self._position = epoch + 1, 0
 
     def _load_batch(self, indices, epoch):
-        return self._collate([self._load(i, epoch) for i in indices], indices)
+        batch = self._collate([self._load(i, epoch) for i in indices], indices)
+        if batch is None and self.num_replicas > 1:  # every rank must take every step
+            return np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+        return batch
 
     def _iter_threaded(self, epoch, batches, start):
         # One task per batch: a worker decodes, transforms and stacks a whole batch, so even the
@@ -306,6 +340,7 @@ class DataLoader:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def __repr__(self):
+        sharded = f", num_replicas={self.num_replicas}, rank={self.rank}" if self.num_replicas > 1 else ""
         return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, seed={self.seed}, num_workers={self.num_workers}, "
-                f"drop_last={self.drop_last}, epoch={self.epoch})")
+                f"drop_last={self.drop_last}, epoch={self.epoch}{sharded})")
