@@ -28,7 +28,14 @@ setup(
         # binding, and MPICH as a wheel, so that mpiexec works with no system MPI. On a cluster,
         # build mpi4py against the cluster's own MPI instead (README).
         "mpi": ["mpi4py>=4.0", "mpich>=4.1"],
-        "cuda": ["cupy-cuda13x"],  # CUDA 13; use cupy-cuda12x on CUDA 12 (see README)
-        "cuda12": ["cupy-cuda12x"],
+        # CuPy with its [ctk] extra, which brings the CUDA parts it loads at run time (NVRTC,
+        # the CUDA headers NVRTC compiles against, cuBLAS, the runtime) as wheels: without
+        # them a machine with only the NVIDIA driver sees a GPU but cannot compile a kernel or
+        # run a product. [ctk] exists from CuPy 14.0; 14.1 is the first whose header look-up
+        # finds those wheels' headers. CuPy 14 needs Python 3.10 or newer, so on 3.9 these
+        # extras fail to resolve (pip names the Python version) instead of silently installing
+        # a CuPy 13 without the toolkit. CUDA 13: "cuda"; CUDA 12: "cuda12" (docs/GPU.md).
+        "cuda": ["cupy-cuda13x[ctk]>=14.1"],
+        "cuda12": ["cupy-cuda12x[ctk]>=14.1"],
     },
 )

@@ -4,8 +4,16 @@
 compiled for the CPU (``cuda_on_cpu``, every machine with a C++ compiler), and on a real GPU
 (``cuda``, skipped where CuPy sees no GPU). A test writes its inputs as NumPy arrays, passes
 them through ``kernels.array`` and reads results back with ``kernels.numpy``.
+
+Tests marked ``gpu`` (the ``cuda`` way included) need a usable GPU. Where there is none they
+are skipped with the reason ``backend.cuda_status()`` gives -- CuPy missing, failing to import,
+not matching the driver, no device visible -- so a broken install is named, not hidden. On a
+GPU machine, ``MINIDL_REQUIRE_GPU=1`` turns that skip into a failure: a run meant to test
+the GPU cannot then pass without one. TF32 stays off in every test (the float32 tolerances
+assume float32 products).
 """
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -37,10 +45,24 @@ class KernelMode:
         return contextlib.nullcontext()
 
 
+def pytest_configure(config):
+    if backend.cuda_available():
+        backend.allow_tf32(False)
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") is None:
+        return
+    reason = backend.cuda_status()
+    if reason is None:
+        return
+    if os.environ.get("MINIDL_REQUIRE_GPU", "0") not in ("", "0"):
+        pytest.fail(f"MINIDL_REQUIRE_GPU is set but no GPU is usable: {reason}", pytrace=False)
+    pytest.skip(f"no usable GPU: {reason}")
+
+
 @pytest.fixture(params=["cpu", "cuda_on_cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def kernels(request):
-    if request.param == "cuda" and not backend.cuda_available():
-        pytest.skip("no CUDA GPU visible to CuPy")
     mode = KernelMode(request.param)
     with mode.context():
         yield mode
