@@ -23,12 +23,19 @@ kernel's C signature declares: a Python int to ``int`` or ``long long``, a numbe
 C-contiguous and live on the device the kernel runs on. A mismatch is an error naming the
 kernel and the parameter, raised before anything is launched.
 
-The compiled module is cached per (file, dtype) for the life of the process; CuPy also keeps
-NVRTC's output in its on-disk kernel cache, so later processes skip compilation.
+The compiled module is cached per (file, dtype) for the life of the process, and each kernel's
+handle per name; CuPy also keeps NVRTC's output in its on-disk kernel cache, so later
+processes skip compilation.
+
+Also here: ``matmul_many``, the GPU's stacked matrix product (``minidl.cpu.matmul_many`` is
+the CPU's), and ``self_test()``, which checks on a GPU machine that everything the GPU path
+needs is there -- a device, NVRTC and the CUDA headers to compile a ``.cu`` file, cuBLAS for
+the products -- and says what is missing.
 """
 import contextlib
 import os
 import re
+import sys
 import threading
 
 import numpy as np
@@ -188,13 +195,125 @@ class KernelFile:
         return self._modules[key](name)
 
     def _gpu_function(self, name, dtype):
-        key = real_type(dtype)
+        real = real_type(dtype)
+        key = ("gpu", real, name)
         if key not in self._modules:
-            import cupy
-            self._modules[key] = cupy.RawModule(code=self.source(), options=compile_options(dtype))
-        function = self._modules[key].get_function(name)
+            if real not in self._modules:
+                import cupy
+                self._modules[real] = cupy.RawModule(code=self.source(),
+                                                     options=compile_options(dtype))
+            function = self._modules[real].get_function(name)
 
-        def run(n_items, values):
-            function((grid_size(n_items),), (THREADS_PER_BLOCK,), tuple(values))
+            def run(n_items, values):
+                function((grid_size(n_items),), (THREADS_PER_BLOCK,), tuple(values))
 
-        return run
+            self._modules[key] = run
+        return self._modules[key]
+
+
+def matmul_many(a, b, out):
+    """out[l] = a[l] @ b[l] for every l of the stacked (L, M, K) and (L, K, N) arrays, on the
+    arrays' device: the CUDA steps' counterpart of ``minidl.cpu.matmul_many``.
+
+    A stack of several is one ``matmul``: on CuPy one strided-batched cuBLAS call (CuPy first
+    copies an operand that is not C-contiguous, a transposed view for instance). A stack of
+    one is a 2-D ``dot``, which CuPy hands straight to cuBLAS with transposes as flags (CuPy
+    13's ``matmul`` takes its slow generic path even for 2-D operands) and which follows
+    ``backend.allow_tf32``.
+    """
+    xp = backend.array_module(a)
+    if len(a) == 1:
+        xp.dot(a[0], b[0], out=out[0])
+    else:
+        xp.matmul(a, b, out=out)
+
+
+# -- self-test: what a GPU machine has and lacks ---------------------------------------------------
+
+# Substrings of CuPy's errors -> what is missing, and how to get it.
+_MISSING = (
+    (("Failed to find CUDA headers", "auto-detect CUDA root", "cuda_runtime.h", "cuda_fp16.h"),
+     "the CUDA headers NVRTC compiles against"),
+    (("nvrtc",), "NVRTC, the CUDA runtime compiler"),
+    (("cublas",), "cuBLAS, the matrix-product library"),
+    (("cudart", "libcuda.so", "InsufficientDriver", "driver version"),
+     "a CUDA runtime the NVIDIA driver supports"),
+)
+
+
+def _explain(error):
+    text = f"{type(error).__name__}: {error}".strip()
+    for needles, what in _MISSING:
+        if any(n.lower() in text.lower() for n in needles):
+            return (f"{text}\n      missing: {what}. {backend.INSTALL_HINT}; or a CUDA toolkit of "
+                    f"the wheel's major version (CUDA_PATH)")
+    return text
+
+
+def _self_test_kernel():
+    import cupy
+    relu = KernelFile(os.path.join(os.path.dirname(HEADER), "activation.py"))
+    x = np.linspace(-2, 2, 1000, dtype=np.float32)
+    y = cupy.empty(x.size, dtype=np.float32)
+    relu("relu_forward", np.float32)(x.size, cupy.asarray(x), y)
+    if not np.array_equal(cupy.asnumpy(y), np.maximum(x, 0)):
+        raise AssertionError("relu_forward gave wrong values")
+    return "ops/activation.cu compiled by NVRTC; relu_forward ran and gave the right values"
+
+
+def _self_test_matmul():
+    import cupy
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 64, 96), dtype=np.float32)
+    b = rng.standard_normal((4, 96, 32), dtype=np.float32)
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    tolerance = 1e-2 if backend.tf32_allowed() else 1e-4  # TF32 keeps a 10-bit mantissa
+    for stack in (1, 4):  # a 2-D dot and a strided-batched product
+        out = cupy.empty((stack, 64, 32), dtype=np.float32)
+        matmul_many(cupy.asarray(a[:stack]), cupy.asarray(b[:stack]), out)
+        error = np.abs(cupy.asnumpy(out) - expected[:stack]).max() / np.abs(expected).max()
+        if not error < tolerance:
+            raise AssertionError(f"a product of {stack} matrices is off by {error:.1e}")
+    return ("cuBLAS: a 2-D product and a strided-batched one match NumPy "
+            f"(TF32 {'allowed' if backend.tf32_allowed() else 'off'})")
+
+
+def _self_test_device():
+    import cupy
+    runtime = cupy.cuda.runtime
+    name = runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    free, total = cupy.cuda.Device().mem_info
+    return (f"{name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free; CuPy "
+            f"{cupy.__version__}, CUDA runtime {runtime.runtimeGetVersion()}, driver "
+            f"{runtime.driverGetVersion()}")
+
+
+def self_test(file=None):
+    """Check that this machine can run minidl on its GPU, printing one line per check (to
+    ``file``, stdout by default) and naming what is missing; True when every check passed.
+
+    The checks: CuPy imports and sees a device (``backend.cuda_status``); one ``.cu`` file
+    compiles with NVRTC against the CUDA headers, and its kernel runs and gives the right
+    values; cuBLAS runs a 2-D and a strided-batched float32 product that match NumPy. A check
+    whose predecessor failed is reported as not run. ``benchmarks/gpu_check.sh`` runs this
+    first; so can a training script at start-up::
+
+        python -c "import sys, minidl; sys.exit(0 if minidl.cuda.self_test() else 1)"
+    """
+    file = sys.stdout if file is None else file
+    status = backend.cuda_status()
+    results = [("device", status is None, status)]
+    if status is None:
+        for check, run in (("device", _self_test_device), ("kernel", _self_test_kernel),
+                           ("matmul", _self_test_matmul)):
+            try:
+                results.append((check, True, run()))
+            except Exception as error:  # any failure is reported, and the next check runs
+                results.append((check, False, _explain(error)))
+        results = [r for r in results if r[2] is not None]
+    else:
+        results += [(check, False, "not run: no usable GPU") for check in ("kernel", "matmul")]
+    for check, ok, detail in results:
+        print(f"minidl.cuda.self_test: {check:<6} {'ok  ' if ok else 'FAIL'} {detail}", file=file)
+    return all(ok for _, ok, _ in results)
