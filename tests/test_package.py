@@ -111,3 +111,20 @@ def test_configure_sets_the_fast_defaults_before_numpy_and_numba_load():
     assert out.stdout.strip() == "system", out.stderr
     out = _child("import minidl", MINIDL_CPU_ALLOCATOR="jemalloc")
     assert out.returncode != 0 and "MINIDL_CPU_ALLOCATOR must be 'tuned'" in out.stderr
+
+
+def test_warmup_compiles_into_the_cache_a_later_process_uses(tmp_path):
+    """python -m minidl.warmup fills an empty Numba cache with the kernels of the ops it
+    exercises; the cache then holds their index files."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "minidl.warmup", "max_pool", "dropout", "--jobs", "2"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "compiled 2 op families for float32" in out.stdout
+    indexed = {f.split("-")[0] for _, _, files in os.walk(tmp_path) for f in files if f.endswith(".nbi")}
+    assert any(name.startswith("pool") for name in indexed), indexed
+    assert any(name.startswith("dropout") for name in indexed), indexed
+    bad = subprocess.run([sys.executable, "-m", "minidl.warmup", "fft"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "no exercise named 'fft'" in bad.stderr

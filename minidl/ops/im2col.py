@@ -65,8 +65,8 @@ def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, strid
     # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW], 0 in the
     # padding.
     # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
-    # writes are sequential and the iterations never touch the same memory. The copies are
-    # slices, which beat an element loop.
+    # writes are sequential and the iterations never touch the same memory. The copy is an
+    # explicit loop: a slice assignment compiles Numba's shape checks and their messages.
     batch, channels, height, width = x.shape
     taps = kernel_h * kernel_w
     for row in prange(first, stop):
@@ -76,7 +76,6 @@ def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, strid
         tap_w = kj * dilation_w  # the column offset of tap kj within a window
         lo, hi = _valid_outputs(tap_w, pad_w, stride_w, width, out_w)  # ow inside the input
         w_first = lo * stride_w + tap_w - pad_w
-        w_stop = w_first + (hi - lo - 1) * stride_w + 1
         for b in range(batch):
             for oh in range(out_h):
                 start = (b * out_h + oh) * out_w
@@ -84,9 +83,11 @@ def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, strid
                 if h < 0 or h >= height or hi == lo:
                     cols[row, start:start + out_w] = 0
                     continue
-                cols[row, start:start + lo] = 0
-                cols[row, start + lo:start + hi] = x[b, c, h, w_first:w_stop:stride_w]
-                cols[row, start + hi:start + out_w] = 0
+                target, source = cols[row], x[b, c, h]
+                target[start:start + lo] = 0
+                for ow in range(lo, hi):
+                    target[start + ow] = source[w_first + (ow - lo) * stride_w]
+                target[start + hi:start + out_w] = 0
 
 
 @cpu.kernel

@@ -146,7 +146,9 @@ def _forward_cpu_kernel(first, stop, x, y, scale, save_scale, before, after, alp
                 s[q] = window_sum[q]  # back to x's dtype before the arithmetic
                 s[q] = k + alpha * s[q]
             if save_scale:
-                scale[n, c, p0:p0 + m] = s
+                saved = scale[n, c]
+                for q in range(m):
+                    saved[p0 + q] = s[q]
             x_row, y_row = x[n, c, p0:p0 + m], y[n, c, p0:p0 + m]
             if three_quarters:
                 for q in range(m):
