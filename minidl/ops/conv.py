@@ -17,7 +17,8 @@ one output element at a time. The fast ones:
 * ``im2col.py``: any geometry, dilation and uneven "same" padding included. Patches become the
   columns of a matrix, and the convolution of a group one matrix product (GEMM).
 * ``winograd.py``: 3x3 kernels at stride 1 (AlexNet's conv3-5, all of EuroNet's), by
-  Winograd's F(2x2, 3x3): 2.25x fewer multiply-adds, results equal up to float rounding.
+  Winograd's F(4x4, 3x3), and 5x5 ones (AlexNet's conv2) by F(2x2, 5x5): 4x and 2.8x fewer
+  multiply-adds, results equal up to float rounding (a few 1e-6 of the output's scale).
 
 ``conv2d(..., algorithm="auto")`` takes Winograd wherever it applies (no dilation, even
 padding), im2col elsewhere.
@@ -99,7 +100,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
     over memory of its own, and the pre-activation output is never kept for backward.
 
     ``algorithm`` picks how it is computed: ``"im2col"`` (any geometry), ``"winograd"``
-    (F(2x2, 3x3): 3x3 kernels at stride 1, no dilation, 2.25x fewer multiply-adds) or
+    (F(4x4, 3x3) and F(2x2, 5x5): 3x3 and 5x5 kernels at stride 1, no dilation, 4x and 2.8x
+    fewer multiply-adds) or
     ``"auto"``, which takes Winograd wherever it applies. Both give the same results up to
     float rounding.
     """
