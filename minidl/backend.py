@@ -81,8 +81,11 @@ def is_cupy_array(array):
 
 
 def array_module(array):
-    """``numpy`` or ``cupy``, whichever owns ``array``."""
-    return _cupy if is_cupy_array(array) else np
+    """``numpy`` or ``cupy``, whichever owns ``array``. (An array type may name its own module
+    in ``_minidl_array_module``: the CUDA-on-CPU shim's stand-in for GPU memory does.)"""
+    if is_cupy_array(array):
+        return _cupy
+    return getattr(array, "_minidl_array_module", np)
 
 
 def device_of(array):

@@ -140,16 +140,30 @@ _launchers = threading.local()
 
 
 @contextlib.contextmanager
-def launcher(compile_for_host):
+def launcher(compile_for_host, device_array=None):
     """Inside this block, kernels run through ``compile_for_host(path, source, real_type)``,
     which returns ``function(name) -> run(n_items, args)`` -- the hook by which
-    ``minidl.testing.cuda_on_cpu`` runs the kernels on the CPU."""
-    previous = getattr(_launchers, "host", None)
-    _launchers.host = compile_for_host
+    ``minidl.testing.cuda_on_cpu`` runs the kernels on the CPU. ``device_array``, if given,
+    is the array type that plays device memory there: a launch that mixes it with other
+    arrays is refused, as a GPU launch refuses host arrays."""
+    previous = getattr(_launchers, "host", None), getattr(_launchers, "device_array", None)
+    _launchers.host, _launchers.device_array = compile_for_host, device_array
     try:
         yield
     finally:
-        _launchers.host = previous
+        _launchers.host, _launchers.device_array = previous
+
+
+def _check_one_memory(name, parameters, values, device_array):
+    """Refuse a host launch whose pointers mix ``device_array`` memory with host arrays."""
+    pointers = [(p, v) for p, v in zip(parameters, values) if p.pointer]
+    device = [p for p, v in pointers if isinstance(v, device_array)]
+    host = [p for p, v in pointers if not isinstance(v, device_array)]
+    if device and host:
+        raise TypeError(f"kernel {name}: parameter {host[0].name} ({host[0].c_type} *) got a host "
+                        f"(NumPy) array while {device[0].name} is in device memory; on a GPU the "
+                        f"kernel would read a host address as a device one. Make it on the device "
+                        f"of the op's inputs (their array module, or backend.to_device)")
 
 
 class KernelFile:
@@ -175,6 +189,7 @@ class KernelFile:
         """Return a launcher ``launch(n_items, *args)`` for kernel ``name`` at ``dtype``."""
         parameters = self.signature(name, dtype)
         host = getattr(_launchers, "host", None)
+        device_array = getattr(_launchers, "device_array", None)
         run = self._host_function(host, name, dtype) if host else self._gpu_function(name, dtype)
 
         def launch(n_items, *args):
@@ -184,6 +199,8 @@ class KernelFile:
                                 f"got {len(args)}")
             values = [parameters[0].convert(n_items, name, on_gpu=host is None)]
             values += [p.convert(a, name, on_gpu=host is None) for p, a in zip(parameters[1:], args)]
+            if device_array is not None:
+                _check_one_memory(name, parameters, values, device_array)
             run(n_items, values)
 
         return launch
@@ -216,10 +233,10 @@ def matmul_many(a, b, out):
     arrays' device: the CUDA steps' counterpart of ``minidl.cpu.matmul_many``.
 
     A stack of several is one ``matmul``: on CuPy one strided-batched cuBLAS call (CuPy first
-    copies an operand that is not C-contiguous, a transposed view for instance). A stack of
-    one is a 2-D ``dot``, which CuPy hands straight to cuBLAS with transposes as flags (CuPy
-    13's ``matmul`` takes its slow generic path even for 2-D operands) and which follows
-    ``backend.allow_tf32``.
+    copies an operand that is not C-contiguous, a transposed view for instance), computed in
+    float32 whatever ``backend.allow_tf32`` says. A stack of one is a 2-D ``dot``, which CuPy
+    hands straight to cuBLAS with transposes as flags (CuPy 13's ``matmul`` takes its slow
+    generic path even for 2-D operands) and which follows ``backend.allow_tf32``.
     """
     xp = backend.array_module(a)
     if len(a) == 1:

@@ -137,7 +137,13 @@ class Tensor:
                                    f"got shape {self.shape}; pass grad= of the same shape")
             grad = xp.ones_like(self.data)
         else:
-            grad = _as_array(grad, self.dtype).copy()  # the user's array stays theirs
+            grad = _as_array(grad, self.dtype)
+            if backend.array_module(grad) is xp:
+                grad = grad.copy()  # the user's array stays theirs
+            else:
+                # A NumPy gradient for a GPU tensor (np.float32(1) for a loss): the kernels
+                # read it through device pointers, so it moves to the tensor's device.
+                grad = xp.asarray(backend.to_numpy(grad))
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, expected {self.shape}")
         run_backward(self, grad, retain_graph=retain_graph)

@@ -3,7 +3,9 @@
 ``kernels`` runs a test three ways: on the CPU kernels (NumPy/Numba), on the CUDA C kernels
 compiled for the CPU (``cuda_on_cpu``, every machine with a C++ compiler), and on a real GPU
 (``cuda``, skipped where CuPy sees no GPU). A test writes its inputs as NumPy arrays, passes
-them through ``kernels.array`` and reads results back with ``kernels.numpy``.
+them through ``kernels.array`` (to the GPU, or to the shim's stand-in for device memory, so
+that a host array reaching a kernel fails there as it would on a GPU) and reads results back
+with ``kernels.numpy``.
 
 Tests marked ``gpu`` (the ``cuda`` way included) need a usable GPU. Where there is none they
 are skipped with the reason ``backend.cuda_status()`` gives -- CuPy missing, failing to import,
@@ -20,6 +22,7 @@ import pytest
 
 import minidl
 from minidl import backend
+from minidl.testing import cuda_on_cpu
 from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 
@@ -28,8 +31,20 @@ class KernelMode:
         self.name = name
 
     def array(self, a):
+        """``a`` on this mode's device: the GPU, the shim's device memory, or the host."""
         a = np.asarray(a)
-        return backend.to_device(a, "cuda") if self.name == "cuda" else a
+        if self.name == "cuda":
+            return backend.to_device(a, "cuda")
+        return cuda_on_cpu.to_device(a) if self.name == "cuda_on_cpu" else a
+
+    def module(self, m):
+        """The module ``m`` with its parameters and buffers on this mode's device."""
+        if self.name == "cuda":
+            return m.to("cuda")
+        if self.name == "cuda_on_cpu":
+            for t in m.parameters() + m.buffers():
+                t.data = cuda_on_cpu.to_device(t.data)
+        return m
 
     def tensor(self, a, requires_grad=False):
         return minidl.Tensor(self.array(a), requires_grad=requires_grad)

@@ -84,8 +84,7 @@ def test_cpu_and_cuda_kernels_give_the_same_bits():
 def test_layers_match_torch(kernels, layer, shape, options):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(4)
-    mine = getattr(layers, layer)(shape[1], dtype=np.float64, **options).to(
-        "cuda" if kernels.name == "cuda" else "cpu")
+    mine = kernels.module(getattr(layers, layer)(shape[1], dtype=np.float64, **options))
     theirs = getattr(torch.nn, layer)(shape[1], dtype=torch.float64, **options)
     if mine.weight is not None:
         weight = rng.standard_normal(shape[1])

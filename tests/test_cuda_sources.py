@@ -13,7 +13,7 @@ import pytest
 
 import minidl
 from minidl import cuda
-from minidl.testing import nvrtc
+from minidl.testing import cuda_on_cpu, nvrtc
 from minidl.testing.cuda_on_cpu import cuda_kernels_on_cpu
 
 OPS_DIR = os.path.join(os.path.dirname(minidl.__file__), "ops")
@@ -107,3 +107,66 @@ def test_every_kernel_follows_the_house_convention():
             assert parameters.split(",")[0].split() == ["long", "long", "n"], (path, name)
             assert "FOR_EACH(" in source.split(name, 1)[1].split("extern", 1)[0], (path, name)
         assert "blockIdx.x * blockDim.x" not in source, f"{path} writes its own grid-stride loop"
+
+
+WIDTHS_CU = """#include "common.cuh"
+// y[i] = a + b + i for i < n, with a an int and b a long long. One thread owns one element.
+extern "C" __global__ void widths(long long n, long long* y, int a, long long b) {
+    FOR_EACH(i, n) {
+        y[i] = (long long)a + b + i;
+    }
+}
+"""
+
+
+def test_int_and_long_long_arguments_arrive_at_their_declared_width(tmp_path):
+    """On a GPU the driver copies each parameter's declared size from the argument's buffer,
+    so a 4-byte int passed where a long long is declared would be read with 4 stray bytes,
+    and the CPU would not show it. The launcher converts every scalar to its parameter's
+    exact C type first, and refuses a value the type cannot hold."""
+    (tmp_path / "widths.cu").write_text(WIDTHS_CU)
+    kernels = cuda.KernelFile(str(tmp_path / "widths.py"))
+    parameters = kernels.signature("widths", np.float32)
+    assert [(p.name, p.c_type, p.pointer) for p in parameters] == [
+        ("n", "long long", False), ("y", "long long", True), ("a", "int", False), ("b", "long long", False)]
+    a, b = parameters[2], parameters[3]
+    assert a.convert(np.int64(7), "widths", on_gpu=True).dtype == np.int32
+    assert b.convert(np.int32(7), "widths", on_gpu=True).dtype == np.int64
+    assert b.convert(2**40, "widths", on_gpu=True) == 2**40
+    with pytest.raises(OverflowError, match=r"parameter a \(int\): 2147483648 does not fit in int"):
+        a.convert(2**31, "widths", on_gpu=True)
+    with pytest.raises(TypeError, match=r"parameter b \(long long\) needs an integer, got 1.5"):
+        b.convert(1.5, "widths", on_gpu=True)
+    y = np.zeros(5, np.int64)
+    with cuda_kernels_on_cpu():
+        kernels("widths", np.float32)(y.size, y, np.int64(-3), np.int32(2**30))
+        np.testing.assert_array_equal(y, 2**30 - 3 + np.arange(5))
+        with pytest.raises(TypeError, match=r"parameter y \(long long \*\) needs int64 elements, got a int32"):
+            kernels("widths", np.float32)(5, np.zeros(5, np.int32), 1, 2)
+
+
+def test_the_shim_refuses_a_launch_that_mixes_host_and_device_memory(tmp_path):
+    """The shim's device memory (``DeviceArray``) makes a host array passed to a kernel fail
+    on the CPU as it would on a GPU; a launch of host arrays only (a test routing NumPy arrays
+    through the CUDA kernels) is allowed. Reductions stay on the device, and reading one back
+    is counted as a host read."""
+    (tmp_path / "scale.cu").write_text(SCALE_CU)
+    kernels = cuda.KernelFile(str(tmp_path / "scale.py"))
+    x = np.arange(6, dtype=np.float32)
+    with cuda_kernels_on_cpu():
+        launch = kernels("scale", np.float32)
+        on_device = cuda_on_cpu.to_device(x)
+        with pytest.raises(TypeError, match=r"kernel scale: parameter y \(float \*\) got a host \(NumPy\) "
+                                            r"array while x is in device memory"):
+            launch(6, on_device, np.zeros(6, np.float32), 2)
+        y = minidl.backend.array_module(on_device).zeros_like(on_device)
+        assert isinstance(y, cuda_on_cpu.DeviceArray)
+        launch(6, on_device, y, 2)
+        plain = np.zeros(6, np.float32)
+        launch(6, x, plain, 2)
+        np.testing.assert_array_equal(y, plain)
+        total = y.sum()
+        assert isinstance(total, cuda_on_cpu.DeviceArray) and total.shape == ()
+        before = cuda_on_cpu.host_reads()
+        assert float(total) == 45 and y[y > 4].size == 4
+        assert cuda_on_cpu.host_reads() == before + 2

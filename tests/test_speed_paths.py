@@ -142,9 +142,9 @@ def test_sequential_fuses_conv_relu_pairs_with_the_same_results(kernels):
     from minidl.layers import Conv2d, MaxPool2d, ReLU, Sequential
 
     minidl.manual_seed(3)
-    model = Sequential(Conv2d(2, 4, 3, padding=1, dtype=np.float64), ReLU(),   # Winograd
-                       Conv2d(4, 3, 5, padding=2, dtype=np.float64), ReLU(),   # im2col
-                       MaxPool2d(2)).to("cuda" if kernels.name == "cuda" else "cpu")
+    model = kernels.module(Sequential(Conv2d(2, 4, 3, padding=1, dtype=np.float64), ReLU(),  # Winograd
+                                      Conv2d(4, 3, 5, padding=2, dtype=np.float64), ReLU(),  # im2col
+                                      MaxPool2d(2)))
     x = np.random.default_rng(4).standard_normal((2, 2, 6, 6))
     results = []
     for fused in (True, False):
