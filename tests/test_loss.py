@@ -384,3 +384,84 @@ def test_0d_bce_and_softmax(kernels):
     assert ops.softmax(x, 0).item() == 1.0 and ops.log_softmax(x, dim=-1).item() == 0.0
     empty = ops.softmax(kernels.tensor(np.zeros((5, 0, 0))), -1)
     assert empty.shape == (5, 0, 0)
+
+
+@pytest.mark.parametrize("grad", [np.float32(1), np.ones(()), 1.0], ids=["np.float32", "0-d", "float"])
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "bce"])
+def test_a_host_gradient_for_a_device_loss_is_moved_to_the_device(kernels, loss_name, grad):
+    """loss.backward(np.float32(1)) on a GPU loss: a host array where the kernel reads the
+    gradient through a device pointer broke the CUDA context. The shim's device memory makes
+    the same mistake fail here (conftest)."""
+    rng = np.random.default_rng(12)
+    logits = rng.standard_normal((4, 3)).astype(np.float32)
+    x = kernels.tensor(logits, requires_grad=True)
+    if loss_name == "cross_entropy":
+        loss = ops.cross_entropy(x, rng.integers(0, 3, 4))
+    else:
+        loss = ops.binary_cross_entropy_with_logits(x, (rng.random((4, 3)) < 0.5).astype(np.float32))
+    loss.backward(grad, retain_graph=True)
+    moved = kernels.numpy(x.grad).copy()
+    x.grad = None
+    loss.backward()
+    np.testing.assert_array_equal(moved, kernels.numpy(x.grad))
+
+
+def test_losses_read_nothing_back_from_the_device_mid_step():
+    """Labels and targets already on the device are not read back to be checked: forward and
+    backward of both losses make the host wait for nothing (the shim counts every read that
+    would; the old label check made four per step)."""
+    from minidl.testing import cuda_on_cpu
+    rng = np.random.default_rng(13)
+    with cuda_kernels_on_cpu():
+        x = minidl.Tensor(cuda_on_cpu.to_device(rng.standard_normal((6, 5))), requires_grad=True)
+        labels = cuda_on_cpu.to_device(np.array([0, 4, -100, 2, 1, 3]))
+        weight = cuda_on_cpu.to_device(rng.random(5) + 0.5)
+        targets = cuda_on_cpu.to_device((rng.random((6, 5)) < 0.5).astype(np.float64))
+        before = cuda_on_cpu.host_reads()
+        for loss in (ops.cross_entropy(x, labels, weight, label_smoothing=0.1),
+                     ops.cross_entropy(x, labels),
+                     ops.binary_cross_entropy_with_logits(x, targets, pos_weight=weight)):
+            loss.backward()
+        assert cuda_on_cpu.host_reads() == before
+        expected = cross_entropy_simple(x.numpy(), np.array([0, 4, -100, 2, 1, 3]))[0]
+        assert float(ops.cross_entropy(x, labels).data) == pytest.approx(expected, rel=1e-12)
+        assert cuda_on_cpu.host_reads() == before + 1  # that float() was one
+
+
+def test_labels_out_of_range_on_the_device_give_nan_and_on_the_host_an_error(kernels):
+    """Host labels are checked before they are copied to the device; labels already there
+    make their rows' loss and gradient NaN instead of reading outside the logits."""
+    logits = np.random.default_rng(14).standard_normal((3, 4))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\] for 4 classes .* from 0 to 4"):
+        ops.cross_entropy(kernels.tensor(logits), np.array([0, 4, 1]))
+    x = kernels.tensor(logits, requires_grad=True)
+    if kernels.name == "cpu":  # the CPU's labels are host labels
+        with pytest.raises(ValueError, match="labels must lie in"):
+            ops.cross_entropy(x, kernels.array(np.array([0, 4, 1])))
+        return
+    loss = ops.cross_entropy(x, kernels.array(np.array([0, 4, 1])), reduction="none")
+    loss.backward(kernels.array(np.ones(3)))
+    values, grad = kernels.numpy(loss), kernels.numpy(x.grad)
+    assert np.isnan(values[1]) and np.isfinite(values[[0, 2]]).all()
+    assert np.isnan(grad[1]).all() and np.isfinite(grad[[0, 2]]).all()
+    assert np.isnan(ops.cross_entropy(x, kernels.array(np.array([-1, 0, 1]))).item())
+
+
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 100, 1000])
+def test_cross_entropy_rows_wider_and_narrower_than_the_gpus_row_parts(kernels, k):
+    """The GPU forward reduces each row in ROW_PARTS (32) interleaved parts and then combines
+    them: rows of fewer columns than parts (empty parts), of a multiple, and of many more,
+    with weights, label smoothing and an ignored row, against the plain loops."""
+    from minidl.ops.loss import ROW_PARTS
+    assert ROW_PARTS == 32
+    rng = np.random.default_rng(15)
+    logits = 4 * rng.standard_normal((5, k))
+    labels = rng.integers(0, k, 5)
+    labels[3] = -100
+    weight = rng.random(k) + 0.5
+    x = kernels.tensor(logits, requires_grad=True)
+    loss = ops.cross_entropy(x, labels, weight, label_smoothing=0.2)
+    loss.backward()
+    expected_loss, expected_grad = cross_entropy_simple(logits, labels, weight, label_smoothing=0.2)
+    np.testing.assert_allclose(loss.item(), expected_loss, rtol=1e-12)
+    np.testing.assert_allclose(kernels.numpy(x.grad), expected_grad, rtol=1e-10, atol=1e-15)

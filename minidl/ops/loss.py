@@ -23,9 +23,18 @@ ignored (class indices) or by the number of positions (probabilities); ``"sum"``
     dloss[r]/dx[r, j] = S[r] p[j] - q[r, j]          dloss[r]/dt[r, c] = -(1 - eps) w[c] log p[c]
 
 Forward saves m and log_sum per row (2 numbers) and recomputes the probabilities in backward
-instead of keeping an N x K probability array. CPU: NumPy. GPU: ``loss.cu`` -- one thread per
-row for the max / log-sum-exp / row loss (each row is a sequential reduction), one thread per
-element for the gradient.
+instead of keeping an N x K probability array. CPU: NumPy. GPU: ``loss.cu`` -- for class
+indices, each row's max and sum of exponentials in two steps, first ``ROW_PARTS`` (32) threads
+per row over interleaved columns, then one thread per row combining their partials into the
+row's statistics and loss; for probabilities one thread per row; one thread per element for
+the gradient. The GPU's sums are therefore formed in another order than NumPy's: equal up to
+rounding.
+
+Labels are checked (integers in [0, K) or ``ignore_index``) where they are: labels on the host
+before they are copied to the GPU, so nothing waits for the GPU to check them. Labels already
+on the GPU are not read back mid-step; a label out of range there gives a NaN loss for its row
+(and NaN gradients), never an out-of-bounds read. BCE targets likewise are checked to lie in
+[0, 1] on the host, and not when they arrive on the GPU.
 
 binary_cross_entropy_with_logits(logits, targets, weight, pos_weight) -- per element, with
 w = ``weight`` and pw = ``pos_weight`` broadcast to the logits (1 if None):
@@ -56,6 +65,7 @@ from . import checks
 _kernels = cuda.KernelFile(__file__)
 
 REDUCTIONS = ("mean", "sum", "none")
+ROW_PARTS = 32  # threads per row in the GPU's cross-entropy forward: a warp's worth
 
 
 # -- simple versions: the definitions in plain loops (Python floats) ------------------------------
@@ -146,11 +156,33 @@ def _on_device_of(value, like):
     return backend.array_module(like).asarray(value)
 
 
-def _scalar_buffer(g, dtype):
-    """The incoming gradient of a scalar loss as a 1-element device array: kernels read it
-    through a pointer, so the GPU never waits for it to be copied to the host."""
-    xp = backend.array_module(g)
-    return xp.ascontiguousarray(xp.asarray(g, dtype=dtype).reshape(1))
+def _scalar_buffer(g, like):
+    """The incoming gradient of a scalar loss as a 1-element array on the device of ``like``:
+    kernels read it through a pointer, so the GPU never waits for it to be copied to the host."""
+    xp = backend.array_module(like)
+    if backend.array_module(g) is not xp:
+        g = backend.to_numpy(g)
+    return xp.ascontiguousarray(xp.asarray(g, dtype=like.dtype).reshape(1))
+
+
+def _on_host(array):
+    return backend.array_module(array) is np
+
+
+def _check_label_range(op, labels, k, ignore_index):
+    """Class indices in [0, k) or ignore_index, checked on the host (a NumPy array)."""
+    valid = labels[labels != ignore_index]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= k):
+        raise ValueError(f"{op}: labels must lie in [0, {k - 1}] for {k} classes (or be "
+                         f"ignore_index={ignore_index}), got values from "
+                         f"{int(valid.min())} to {int(valid.max())}")
+
+
+def _check_probabilities(op, targets):
+    """Targets in [0, 1], checked on the host (a NumPy array)."""
+    if targets.size and (float(targets.min()) < 0 or float(targets.max()) > 1):
+        raise ValueError(f"{op}: targets must lie in [0, 1] (probabilities), got values from "
+                         f"{float(targets.min())} to {float(targets.max())}")
 
 
 def _check_reduction(op, reduction):
@@ -190,7 +222,8 @@ def _smoothing_term_cpu(logits, row_max, log_sum, weight):
 
 
 def _cross_entropy_forward_cpu(logits, labels, weight, ignore_index, smoothing):
-    """(row_loss, row_max, log_sum), one of each per row."""
+    """(row_loss, row_weight, row_max, log_sum), one of each per row; row_weight is w[y], 0
+    where ignored: the row's share of the mean's denominator."""
     n, k = logits.shape
     row_max, log_sum = _row_statistics_cpu(logits)
     ignored = labels == ignore_index
@@ -200,7 +233,7 @@ def _cross_entropy_forward_cpu(logits, labels, weight, ignore_index, smoothing):
     if smoothing:
         row_loss += (smoothing / k) * _smoothing_term_cpu(logits, row_max, log_sum, weight)
     row_loss[ignored] = 0
-    return row_loss, row_max, log_sum
+    return row_loss, np.where(ignored, 0, weight[safe]), row_max, log_sum
 
 
 def _cross_entropy_backward_cpu(logits, labels, weight, row_max, log_sum, row_scale, ignore_index,
@@ -226,10 +259,14 @@ def _cross_entropy_backward_cpu(logits, labels, weight, row_max, log_sum, row_sc
 def _cross_entropy_forward_cuda(logits, labels, weight, ignore_index, smoothing):
     xp = backend.array_module(logits)
     n, k = logits.shape
-    row_loss, row_max, log_sum = (xp.empty(n, dtype=logits.dtype) for _ in range(3))
+    parts = [xp.empty(n * ROW_PARTS, dtype=logits.dtype) for _ in range(4)]
+    _kernels("cross_entropy_row_parts", logits.dtype)(
+        n * ROW_PARTS, logits, weight, *parts, k, ROW_PARTS, smoothing)
+    row_loss, row_weight, row_max, log_sum = (xp.empty(n, dtype=logits.dtype) for _ in range(4))
     _kernels("cross_entropy_forward", logits.dtype)(
-        n, logits, labels, weight, row_loss, row_max, log_sum, k, ignore_index, smoothing)
-    return row_loss, row_max, log_sum
+        n, logits, labels, weight, *parts, row_loss, row_weight, row_max, log_sum, k, ROW_PARTS,
+        ignore_index, smoothing)
+    return row_loss, row_weight, row_max, log_sum
 
 
 def _cross_entropy_backward_cuda(logits, labels, weight, row_max, log_sum, row_scale, ignore_index,
@@ -352,14 +389,12 @@ class CrossEntropyFunction(Function):
             self.save_for_backward(x, t, weight, row_max, log_sum, q_sum)
         else:
             labels = xp.ascontiguousarray(target, dtype=np.int64).reshape(-1)
-            valid = labels[labels != ignore_index]
-            if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= k):
-                raise ValueError(f"{op}: labels must lie in [0, {k - 1}] for {k} classes (or be "
-                                 f"ignore_index={ignore_index}), got values from "
-                                 f"{int(valid.min())} to {int(valid.max())}")
+            if _on_host(labels):  # on the GPU: not read back (module docstring)
+                _check_label_range(op, labels, k, ignore_index)
             forward = backend.pick(x, cpu=_cross_entropy_forward_cpu, cuda=_cross_entropy_forward_cuda)
-            row_loss, row_max, log_sum = forward(x, labels, weight, ignore_index, real(label_smoothing))
-            denominator = weight[valid].sum()  # on the device: no wait for the GPU
+            row_loss, row_weight, row_max, log_sum = forward(x, labels, weight, ignore_index,
+                                                             real(label_smoothing))
+            denominator = row_weight.sum()  # on the device: no wait for the GPU
             self.save_for_backward(x, labels, weight, row_max, log_sum)
         self.denominator = denominator
         if reduction == "none":
@@ -420,14 +455,21 @@ def cross_entropy(logits, target, weight=None, *, ignore_index=-100, reduction="
             or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     checks.integer(op, "ignore_index", ignore_index, -2 ** 63)
-    target_data = target.data if isinstance(target, Tensor) else _on_device_of(target, data)
+    target_data = target.data if isinstance(target, Tensor) else target
+    if not hasattr(target_data, "dtype") or _on_host(target_data):
+        target_data = np.asarray(target_data)
     if target_data.size == 0 and target_data.shape != data.shape:
         target_data = target_data.astype(np.int64)  # [] is no labels, not float probabilities
     if target_data.dtype.kind == "f":
         if not isinstance(target, Tensor):
-            target = Tensor(target_data.astype(data.dtype, copy=False))
+            target = Tensor(_on_device_of(target_data, data).astype(data.dtype, copy=False))
     else:
-        target = target_data
+        if _on_host(target_data) and not _on_host(data) and data.dtype in checks.FLOATS:
+            # Checked here, before the copy to the GPU, where checking would mean waiting.
+            _check_cross_entropy(op, data, target_data, False)
+            _check_label_range(op, target_data, data.shape[0 if data.ndim == 1 else 1],
+                               ignore_index)
+        target = _on_device_of(target_data, data)
     weight = _constant(op, "weight", weight, data) if data.dtype in checks.FLOATS else None
     return CrossEntropyFunction.apply(logits, target, weight, ignore_index=int(ignore_index),
                                       reduction=reduction, label_smoothing=float(label_smoothing))
@@ -510,9 +552,8 @@ class BinaryCrossEntropyWithLogitsFunction(Function):
         if logits.size == 0 and reduction == "mean":
             raise ValueError(f"{op}: reduction='mean' of empty logits (shape "
                              f"{tuple(logits.shape)}); use reduction='sum' or 'none'")
-        if logits.size and (float(targets.min()) < 0 or float(targets.max()) > 1):
-            raise ValueError(f"{op}: targets must lie in [0, 1] (probabilities), got values from "
-                             f"{float(targets.min())} to {float(targets.max())}")
+        if _on_host(targets):  # on the GPU: not read back (module docstring)
+            _check_probabilities(op, targets)
         xp = backend.array_module(logits)
         self.shape, self.reduction = logits.shape, reduction
         logits = xp.ascontiguousarray(logits).reshape(-1)  # flat: 0-d included
@@ -541,7 +582,7 @@ class BinaryCrossEntropyWithLogitsFunction(Function):
         if self.reduction == "none":
             scale = xp.ascontiguousarray(g, dtype=logits.dtype).reshape(-1)
         else:
-            scale = _scalar_buffer(g / logits.size if self.reduction == "mean" else g, logits.dtype)
+            scale = _scalar_buffer(g / logits.size if self.reduction == "mean" else g, logits)
         grad_logits = grad_targets = None
         if self.needs_input_grad[0]:
             backward = backend.pick(logits, cpu=_bce_backward_cpu, cuda=_bce_backward_cuda)
@@ -576,9 +617,12 @@ def binary_cross_entropy_with_logits(logits, targets, weight=None, *, reduction=
         raise TypeError(f"{op}: logits must be a float tensor, got {type(logits).__name__}")
     _check_reduction(op, reduction)
     if not isinstance(targets, Tensor):
-        targets = _on_device_of(targets, data)
+        targets = targets if hasattr(targets, "dtype") and not _on_host(targets) else np.asarray(targets)
         if targets.dtype.kind not in "biuf":
             raise TypeError(f"{op}: targets must be numbers in [0, 1], got dtype {targets.dtype}")
+        if _on_host(targets) and not _on_host(data):
+            _check_probabilities(op, targets)  # before the copy to the GPU (module docstring)
+        targets = _on_device_of(targets, data)
         if data.dtype in checks.FLOATS:
             targets = targets.astype(data.dtype, copy=False)
         targets = Tensor(targets)
