@@ -25,8 +25,10 @@ operation, fused multiply-adds where PyTorch's kernels use them)::
     w <- w + (-lr / (1 - beta1^t)) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)
 
 One Numba loop on the CPU, one CUDA kernel (``optim.cu``) on the GPU, one element per iteration
-or thread. The state (m, v, v_hat, t per parameter) is in ``state_dict()``, so a checkpoint
-resumes exactly.
+or thread, for SGD and for Adam: each reads and writes a parameter's arrays once per step. The
+SGD kernel computes the Numba loop's operations in its order, each product rounded on its own,
+so both devices give the same bits. Adam's state (m, v, v_hat, t per parameter) is in
+``state_dict()``, so a checkpoint resumes exactly.
 
 The schedules are closed forms of the epoch count (the one number they keep), so resuming
 from a checkpoint gives the same rates.
@@ -58,6 +60,14 @@ def _sgd_update(first, stop, w, v, g, momentum, decay, lr, with_decay):
         v[i] = vi
         w[i] = w[i] + vi
 
+
+def _sgd_cpu(w, v, g, momentum, decay, lr, with_decay):
+    _sgd_update(w.size, w.reshape(-1), v.reshape(-1), g.reshape(-1), momentum, decay, lr,
+                with_decay)
+
+
+def _sgd_cuda(w, v, g, momentum, decay, lr, with_decay):
+    _kernels("sgd_update", w.dtype)(w.size, w, v, g, momentum, decay, lr, with_decay)
 
 
 def _positive_number(owner, name, value, allow_zero=True):
@@ -139,10 +149,10 @@ class SGD:
                     self.velocities[i] = v
                 if self.l1:
                     g = g + self.l1 * xp.sign(w)
-                if xp is np and _fusable(w, v, g):
+                if _fusable(w, v, g):
                     real = w.dtype.type
-                    _sgd_update(w.size, w.reshape(-1), v.reshape(-1), g.reshape(-1),
-                                real(self.momentum), real(decay), real(lr), bool(decay))
+                    update = backend.pick(w, cpu=_sgd_cpu, cuda=_sgd_cuda)
+                    update(w, v, g, real(self.momentum), real(decay), real(lr), bool(decay))
                     continue
                 # v <- momentum * v - weight_decay * lr * w - lr * g, in place and in w's dtype
                 v *= self.momentum
@@ -189,11 +199,12 @@ class SGD:
 
 
 def _fusable(w, v, g):
-    """Can the one-pass Numba update run: floats of one dtype, all C-contiguous (so the flat
-    views write through to the parameter)?"""
+    """Can the one-pass update (Numba or CUDA) run: floats of one dtype, all C-contiguous (so
+    the flat views write through to the parameter), the parameter writeable (CuPy arrays
+    always are)?"""
     return (w.dtype in (np.float32, np.float64) and v.dtype == w.dtype and g.dtype == w.dtype
             and w.flags.c_contiguous and v.flags.c_contiguous and g.flags.c_contiguous
-            and w.flags.writeable)
+            and getattr(w.flags, "writeable", True))
 
 
 @intrinsic

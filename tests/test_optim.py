@@ -463,3 +463,27 @@ def test_fit_with_adamw_warmup_cosine_and_batch_norm_resumes_exactly(tmp_path):
     for name in straight:
         np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
     assert straight["1.num_batches_tracked"] == 4 * 5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_is_one_fused_update_with_the_same_bits_on_every_kernel_path(kernels, dtype):
+    """SGD's update is one kernel per parameter (Numba, or optim.cu on the GPU and the shim)
+    computing the rule's operations in order, each product rounded on its own: the same bits
+    as the plain NumPy form, on every path, through lr changes, decay and l1."""
+    rng = np.random.default_rng(21)
+    w0 = rng.standard_normal((7, 5)).astype(dtype)
+    grads = [rng.standard_normal((7, 5)).astype(dtype) for _ in range(4)]
+    p = Parameter(kernels.array(w0))
+    opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4, l1=1e-3)
+    w, v = w0.copy(), np.zeros_like(w0)
+    for step, g in enumerate(grads):
+        opt.lr = [0.1, 0.1, 0.01, 0.01][step]
+        p.grad = kernels.tensor(g)
+        opt.step()
+        g = g + opt.l1 * np.sign(w)
+        v *= opt.momentum
+        v -= opt.weight_decay * opt.lr * w
+        v -= opt.lr * g
+        w += v
+        np.testing.assert_array_equal(kernels.numpy(p), w)
+        np.testing.assert_array_equal(backend.to_numpy(opt.velocities[0]), v)

@@ -33,6 +33,9 @@ static inline unsigned long long atomicAdd(unsigned long long* address, unsigned
 #define __expf(x) std::exp((float)(x))
 #define __logf(x) std::log((float)(x))
 #define __powf(x, y) std::pow((float)(x), (float)(y))
+// Products that the GPU must not fuse into an fma; the CPU build fuses nothing anyway.
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 static inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 using std::exp; using std::log; using std::pow; using std::sqrt; using std::fabs;
