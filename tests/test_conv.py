@@ -1,6 +1,8 @@
 """conv2d by im2col (algorithm="im2col"; test_winograd.py covers the Winograd path): forward
 against a plain-loop reference, float64 gradcheck, batch chunking, torch, NVRTC and bad inputs
 -- each numerical test on every kernel mode (cpu, cuda_on_cpu, cuda)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,7 @@ def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, workspace_im
     per_image = geo.rows * geo.pixels * x.dtype.itemsize
     assert im2col.bytes_per_image(geo, x.dtype.itemsize) == per_image
     monkeypatch.setattr(workspace, "WORKSPACE_BYTES", workspace_images * per_image)
+    monkeypatch.setattr(workspace, "GPU_WORKSPACE_MAX", workspace_images * per_image)
     assert geo.chunk_size(per_image) == workspace_images
     chunked = run_forward_backward(kernels, x, w, b, stride, padding, groups)
     for name, a, c in zip(("y", "dx", "dw", "db"), whole, chunked):
@@ -94,6 +97,7 @@ def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, workspace_im
 
 def test_gradcheck_with_chunking(kernels, monkeypatch):
     monkeypatch.setattr(workspace, "WORKSPACE_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(workspace, "GPU_WORKSPACE_MAX", 1)
     x, w, b, stride, padding, groups = make_inputs(((3, 2, 5, 6), (4, 3, 2), 1, 1, 2, True),
                                                    np.float64)
     tensors = [kernels.tensor(a, requires_grad=True) for a in (x, w, b)]
@@ -109,6 +113,32 @@ def test_chunk_sizes_are_balanced(monkeypatch):
     assert geo.chunks(per_image) == [(0, 16), (16, 16)]
     monkeypatch.setattr(workspace, "WORKSPACE_BYTES", 1024 * 2**20)
     assert geo.chunk_size(per_image) == 32
+
+
+def test_workspace_limits_follow_the_gpus_free_memory(monkeypatch):
+    """The CPU keeps its limits; a GPU's are fractions of the memory it had free when first
+    asked, within the CPU's values and the GPU maxima, so an AlexNet batch of 128 is one chunk
+    there (conv1's columns: 128 x 363 x 3025 floats, 563 MB) and its columns are kept."""
+    class FakeGpu:  # the part of CuPy the budgets read
+        def __init__(self, device, free):
+            self.cuda = SimpleNamespace(Device=lambda: SimpleNamespace(id=device, mem_info=(free, 2 * free)))
+
+    monkeypatch.setattr(workspace, "_free_at_first_use", {})
+    assert workspace.workspace_bytes(np) == workspace.WORKSPACE_BYTES
+    assert workspace.keep_bytes(np) == workspace.KEEP_BYTES
+    h200 = FakeGpu(0, 140 * 2**30)
+    assert workspace.workspace_bytes(h200) == workspace.GPU_WORKSPACE_MAX == 4 * 2**30
+    assert workspace.keep_bytes(h200) == workspace.GPU_KEEP_MAX == 8 * 2**30
+    assert workspace.workspace_bytes(FakeGpu(0, 2**30)) == 4 * 2**30  # free memory read once per device
+    small = FakeGpu(1, 16 * 2**30)
+    assert workspace.workspace_bytes(small) == 2**30 and workspace.keep_bytes(small) == 2 * 2**30
+    tiny = FakeGpu(2, 2**30)
+    assert workspace.workspace_bytes(tiny) == workspace.WORKSPACE_BYTES  # never below the CPU's
+    geo = Geometry((128, 3, 227, 227), (96, 3, 11, 11), (4, 4), (0, 0), 1)
+    per_image = im2col.bytes_per_image(geo, 4)
+    assert geo.chunks(per_image, h200) == [(0, 128)]
+    assert len(geo.chunks(per_image)) > 1  # the CPU's workspace splits it
+    assert geo.rows * 128 * geo.pixels * 4 <= workspace.keep_bytes(h200)
 
 
 def test_matches_torch_alexnet_like(kernels):

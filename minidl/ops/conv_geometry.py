@@ -33,17 +33,19 @@ class Geometry:
         return (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w,
                 self.pad_h, self.pad_w, self.dilation_h, self.dilation_w, self.out_h, self.out_w)
 
-    def chunk_size(self, bytes_per_image):
-        """Images per chunk: a chunk's buffers of ``bytes_per_image`` each fit in
-        ``workspace.WORKSPACE_BYTES`` (or it is 1 image), and the chunks are of near-equal size
-        (32 images in chunks of 30 then 2 would waste the second chunk's products)."""
-        largest = max(1, min(self.batch, workspace.WORKSPACE_BYTES // max(1, bytes_per_image)))
+    def chunk_size(self, bytes_per_image, xp=None):
+        """Images per chunk: a chunk's buffers of ``bytes_per_image`` each fit in the workspace
+        limit of ``xp``'s device (``workspace.workspace_bytes``; the CPU's when None), or it is
+        1 image, and the chunks are of near-equal size (32 images in chunks of 30 then 2 would
+        waste the second chunk's products)."""
+        limit = workspace.workspace_bytes() if xp is None else workspace.workspace_bytes(xp)
+        largest = max(1, min(self.batch, limit // max(1, bytes_per_image)))
         n_chunks = max(1, -(-self.batch // largest))
         return max(1, -(-self.batch // n_chunks))
 
-    def chunks(self, bytes_per_image):
+    def chunks(self, bytes_per_image, xp=None):
         """(first image, images) of each chunk of the batch, in order."""
-        size = self.chunk_size(bytes_per_image)
+        size = self.chunk_size(bytes_per_image, xp)
         return [(start, min(size, self.batch - start)) for start in range(0, self.batch, size)]
 
 

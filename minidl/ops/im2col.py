@@ -8,8 +8,10 @@ so that the convolution of group g becomes one large matrix product,
 
     y_g (O_g, B*OH*OW) = W_g (O_g, C_g*kH*kW) @ cols_g (C_g*kH*kW, B*OH*OW),
 
-done by the BLAS (``xp.matmul``: OpenBLAS on the CPU, cuBLAS on the GPU). Backward reuses the
-same pieces: with dY_g the gradient in the same (O_g, B*OH*OW) layout,
+done by the BLAS (OpenBLAS on the CPU, cuBLAS on the GPU), all groups' products of a pass in
+one stacked call (``steps.matmul``: ``cpu.matmul_many``, ``cuda.matmul_many`` -- on the GPU one
+strided-batched GEMM, a 2-D one for a single group). Backward reuses the same pieces: with
+dY_g the gradient in the same (O_g, B*OH*OW) layout,
 
     dW_g += dY_g @ cols_g^T          dcols_g = W_g^T @ dY_g          dx = col2im(dcols)
 
@@ -26,10 +28,11 @@ recomputes them chunk by chunk (one more im2col, cheaper than the two GEMMs it f
 computed as its transpose, cols @ dY^T, the orientation OpenBLAS runs fastest when the long
 pixel axis is the inner dimension.
 
-The two devices differ only in their steps -- im2col, col2im, and the layout changes between
-the GEMM's (O, B*P) and the output's (B, O, P) -- which are Numba loops below on the CPU
-(``CPU_STEPS``) and the CUDA kernels in ``im2col.cu`` plus CuPy on the GPU (``CUDA_STEPS``);
-the chunk loop and the products are the same code on ``xp``.
+The two devices differ only in their steps -- im2col, col2im, the layout changes between
+the GEMM's (O, B*P) and the output's (B, O, P), and the stacked product -- which are Numba
+loops and ``cpu.matmul_many`` on the CPU (``CPU_STEPS``) and the CUDA kernels in ``im2col.cu``
+plus CuPy on the GPU (``CUDA_STEPS``); the chunk loop is the same code on ``xp``. Chunks are
+sized by the workspace limit of the arrays' device (``workspace.workspace_bytes``).
 """
 from types import SimpleNamespace
 
@@ -229,9 +232,9 @@ def _to_product_cuda(grad, y, relu, dy):
 
 
 CPU_STEPS = SimpleNamespace(im2col=_im2col_cpu, col2im=_col2im_cpu, to_output=_to_output_cpu,
-                            to_product=_to_product_cpu)
+                            to_product=_to_product_cpu, matmul=cpu.matmul_many)
 CUDA_STEPS = SimpleNamespace(im2col=_im2col_cuda, col2im=_col2im_cuda, to_output=_to_output_cuda,
-                             to_product=_to_product_cuda)
+                             to_product=_to_product_cuda, matmul=cuda.matmul_many)
 
 
 # -- the Function ---------------------------------------------------------------------------------
@@ -255,7 +258,7 @@ class Im2colConv2dFunction(Function):
         # (O, C_g, kH, kW) -> (groups, O_g, C_g*kH*kW): row (c, ki, kj) matches the cols rows.
         w = weight.reshape(groups, geo.out_per_group, geo.rows_per_group)
         y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
-        chunks = geo.chunks(bytes_per_image(geo, x.dtype.itemsize))
+        chunks = geo.chunks(bytes_per_image(geo, x.dtype.itemsize), xp)
         rg, og, n_pix = geo.rows_per_group, geo.out_per_group, geo.pixels
         kept = None  # this batch's columns, if kept for backward (one chunk only)
         if len(chunks) == 1 and is_grad_enabled() and self.needs_input_grad[1]:
@@ -268,8 +271,7 @@ class Im2colConv2dFunction(Function):
                 xp, "cols", (geo.rows, b * n_pix), x.dtype)
             steps.im2col(x[start:start + b], cols, geo)
             product = workspace.buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
-            for g in range(groups):
-                xp.matmul(w[g], cols[g * rg:(g + 1) * rg], out=product[g * og:(g + 1) * og])
+            steps.matmul(w, cols.reshape(groups, rg, b * n_pix), product.reshape(groups, og, b * n_pix))
             # (O, B, OH*OW) -> (B, O, OH*OW), adding the bias (and the ReLU) on the way.
             steps.to_output(product, bias, relu,
                             y[start:start + b].reshape(b, geo.out_channels, n_pix))
@@ -291,11 +293,11 @@ class Im2colConv2dFunction(Function):
         # dW is computed transposed, dW_g^T = cols_g @ dY_g^T (rg, og), and turned round once
         # at the end: with the long pixel axis as the inner dimension, that is the orientation
         # OpenBLAS runs fastest. zeros, not empty: an empty batch runs no chunk, and its
-        # gradient is 0.
+        # gradient is 0. Each product is stacked over the groups: (groups, rows, B*P).
         grad_wt = xp.zeros((geo.groups, rg, og), dtype=x.dtype) if need_w else None
         grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
 
-        for start, b in geo.chunks(bytes_per_image(geo, x.dtype.itemsize)):
+        for start, b in geo.chunks(bytes_per_image(geo, x.dtype.itemsize), xp):
             # dY chunk in the GEMM layout (O, B*OH*OW).
             dy = workspace.buffer(xp, "rows_by_pixels", (geo.out_channels, b * n_pix), x.dtype)
             flat = (b, geo.out_channels, n_pix)
@@ -306,17 +308,18 @@ class Im2colConv2dFunction(Function):
             if not (need_x or need_w):
                 continue
             cols, dcols = self._columns(x, kept, start, b, need_w)
-            for g in range(geo.groups):
-                dy_g, cols_g = dy[g * og:(g + 1) * og], cols[g * rg:(g + 1) * rg]
-                if need_w:
-                    if start == 0:
-                        xp.matmul(cols_g, dy_g.T, out=grad_wt[g])
-                    else:
-                        grad_wt[g] += xp.matmul(cols_g, dy_g.T)
-                if need_x:
-                    # cols_g has given all it had to dW_g: dcols_g may overwrite it.
-                    xp.matmul(w[g].T, dy_g, out=dcols[g * rg:(g + 1) * rg])
+            dy3 = dy.reshape(geo.groups, og, b * n_pix)
+            if need_w:
+                cols3 = cols.reshape(geo.groups, rg, b * n_pix)
+                if start == 0:
+                    steps.matmul(cols3, dy3.transpose(0, 2, 1), grad_wt)
+                else:
+                    partial = workspace.buffer(xp, "partial_dw", grad_wt.shape, x.dtype)
+                    steps.matmul(cols3, dy3.transpose(0, 2, 1), partial)
+                    grad_wt += partial
             if need_x:
+                # cols has given all it had to dW: dcols may overwrite it.
+                steps.matmul(w.transpose(0, 2, 1), dy3, dcols.reshape(geo.groups, rg, b * n_pix))
                 steps.col2im(dcols, grad_x[start:start + b], geo)
 
         grad_w = None

@@ -15,6 +15,14 @@ budget for arrays kept from forward for backward.
   order. Otherwise None: the op recomputes. A kept array counts against the budget until it
   is garbage (freed with the graph, or when the graph is dropped without a backward). The
   peak memory of a step grows by at most ``KEEP_BYTES``; 0 turns keeping off.
+
+Both limits are per device: ``WORKSPACE_BYTES`` and ``KEEP_BYTES`` are the CPU's, sized for a
+machine of a few cores and gigabytes. On a GPU they would split an AlexNet batch of 128 into
+several chunks (several times the launches, each GEMM smaller) and make backward recompute
+im2col; there ``workspace_bytes(xp)`` and ``keep_bytes(xp)`` are fractions of the memory the
+device had free when first asked (``GPU_WORKSPACE_FRACTION``, ``GPU_KEEP_FRACTION``), between
+the CPU's values and ``GPU_WORKSPACE_MAX``/``GPU_KEEP_MAX``: bounds past which larger GEMMs
+run no faster and the step's peak memory only grows.
 """
 import threading
 import weakref
@@ -23,10 +31,43 @@ import numpy as np
 
 WORKSPACE_BYTES = 128 * 2**20
 KEEP_BYTES = 512 * 2**20
+GPU_WORKSPACE_FRACTION, GPU_WORKSPACE_MAX = 1 / 16, 4 * 2**30
+GPU_KEEP_FRACTION, GPU_KEEP_MAX = 1 / 8, 8 * 2**30
 
 _buffers = threading.local()
-_kept = {"bytes": 0}
+_kept = {}  # device (None: the host) -> bytes kept there now
 _kept_lock = threading.Lock()
+_free_at_first_use = {}  # GPU id -> bytes free when its budgets were first asked for
+
+
+def _gpu(xp):
+    """The id of ``xp``'s current GPU, or None for a host array module (NumPy, the shim's)."""
+    cuda = getattr(xp, "cuda", None)
+    return None if cuda is None else cuda.Device().id
+
+
+def _gpu_budget(xp, device, fraction, low, high):
+    if device not in _free_at_first_use:
+        # Once per device, before a training step's arrays fill CuPy's memory pool (whose
+        # cached blocks the driver counts as used).
+        _free_at_first_use[device] = xp.cuda.Device().mem_info[0]
+    return int(min(high, max(low, fraction * _free_at_first_use[device])))
+
+
+def workspace_bytes(xp=np):
+    """The limit on one workspace buffer of a chunk, for arrays of ``xp`` (module doc)."""
+    device = _gpu(xp)
+    if device is None:
+        return WORKSPACE_BYTES
+    return _gpu_budget(xp, device, GPU_WORKSPACE_FRACTION, WORKSPACE_BYTES, GPU_WORKSPACE_MAX)
+
+
+def keep_bytes(xp=np):
+    """The budget for arrays kept for backward, for arrays of ``xp`` (module doc)."""
+    device = _gpu(xp)
+    if device is None:
+        return KEEP_BYTES
+    return _gpu_budget(xp, device, GPU_KEEP_FRACTION, KEEP_BYTES, GPU_KEEP_MAX)
 
 
 def buffer(xp, role, shape, dtype):
@@ -42,28 +83,29 @@ def buffer(xp, role, shape, dtype):
     return flat[:size].reshape(shape)
 
 
-def kept_bytes():
-    """Bytes of kept arrays alive now."""
-    return _kept["bytes"]
+def kept_bytes(xp=np):
+    """Bytes of kept arrays of ``xp``'s device alive now."""
+    return _kept.get(_gpu(xp), 0)
 
 
-def _release(nbytes):
+def _release(device, nbytes):
     with _kept_lock:
-        _kept["bytes"] -= nbytes
+        _kept[device] -= nbytes
 
 
 def keep(xp, shape, dtype):
-    """A fresh array counted against ``KEEP_BYTES`` until it is garbage, or None if it does not
-    fit (or the array type cannot be watched for garbage collection)."""
+    """A fresh array counted against its device's ``keep_bytes`` until it is garbage, or None
+    if it does not fit (or the array type cannot be watched for garbage collection)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    device, budget = _gpu(xp), keep_bytes(xp)
     with _kept_lock:
-        if _kept["bytes"] + nbytes > KEEP_BYTES:
+        if _kept.get(device, 0) + nbytes > budget:
             return None
-        _kept["bytes"] += nbytes
+        _kept[device] = _kept.get(device, 0) + nbytes
     array = xp.empty(shape, dtype=dtype)
     try:
-        weakref.finalize(array, _release, nbytes)
+        weakref.finalize(array, _release, device, nbytes)
     except TypeError:  # an array type without weak references: do not keep
-        _release(nbytes)
+        _release(device, nbytes)
         return None
     return array
