@@ -69,13 +69,15 @@ CASES = {
 
 # -- minidl ---------------------------------------------------------------------------------
 class MinidlCase:
-    def __init__(self, model_name, batch, train, device):
+    def __init__(self, model_name, batch, train, device, tf32=False):
         import minidl
         from minidl import ops
         from minidl.models import alexnet, euronet
         from minidl.optim import SGD
 
         self.minidl = minidl
+        if device == "cuda":
+            minidl.backend.allow_tf32(tf32)
         minidl.manual_seed(0)
         rng = np.random.default_rng(0)
         self.device, self.train_mode = device, train
@@ -112,6 +114,30 @@ class MinidlCase:
         with self.minidl.profile(lambda: synchronize(self.device)) as prof:
             self.step()
         return prof
+
+
+def gpu_problem():
+    """Why this checkout's minidl cannot use the GPU ('' when it can), asked of a child: this
+    process never imports minidl."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    probe = (f"import sys; sys.path.insert(0, {root!r}); import minidl; "
+             "print(minidl.backend.cuda_status() or '')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else result.stderr.strip()
+
+
+def tf32_statement(framework, runner):
+    """What this worker's framework runs its float32 GPU products in, read from the framework
+    itself: PyTorch's cuDNN convolutions take TF32 by default, so a comparison must say."""
+    if framework == "minidl":
+        allowed = runner.minidl.backend.tf32_allowed()
+        return (f"minidl TF32 {'allowed' if allowed else 'off'} (backend.tf32_allowed()={allowed}; "
+                "CuPy's strided-batched products -- Winograd's, grouped im2col's -- are float32 "
+                "either way)")
+    torch = runner.torch
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return (f"PyTorch TF32 {'allowed' if matmul or cudnn else 'off'} "
+            f"(backends.cuda.matmul.allow_tf32={matmul}, backends.cudnn.allow_tf32={cudnn})")
 
 
 def synchronize(device):
@@ -249,9 +275,12 @@ def peak_rss_bytes():
 def worker(framework, case, device, tf32, channel):
     """Run one framework on one case, doing what the parent asks, one JSON line per answer."""
     model_name, batch, train = CASES[case]
-    runner = (MinidlCase(model_name, batch, train, device) if framework == "minidl"
+    runner = (MinidlCase(model_name, batch, train, device, tf32) if framework == "minidl"
               else TorchCase(model_name, batch, train, device, tf32))
-    print(json.dumps({"ready": True}), file=channel, flush=True)
+    ready = {"ready": True}
+    if device == "cuda":
+        ready["tf32"] = tf32_statement(framework, runner)
+    print(json.dumps(ready), file=channel, flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "step":
@@ -338,8 +367,10 @@ def run_case(case, args, with_torch, cold_cache):
     batch = CASES[case][1]
     workers = start_workers(case, args, with_torch, cold_cache)
     try:
-        for w in workers.values():
-            w.read()  # ready: model built
+        for name, w in workers.items():
+            ready = w.read()  # ready: model built
+            if args.device == "cuda":
+                print(f"{case}: {name}: {ready.get('tf32', 'TF32 setting not reported')}", flush=True)
         first = {name: w.ask("step")["seconds"] for name, w in workers.items()}  # JIT, caches
         for w in workers.values():
             w.ask("step")  # warm-up
@@ -396,8 +427,6 @@ def main():
                              "earlier commit)")
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.device == "cuda" and args.tf32:
-        os.environ["CUPY_TF32"] = "1"  # before CuPy is imported; inherited by the workers
     if args.worker:
         # The answers go out on a copy of stdout; stdout itself then points at stderr, so
         # that nothing else printed in the worker can garble them.
@@ -406,6 +435,10 @@ def main():
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         worker(*args.worker, args.device, args.tf32, channel)
         return
+    if args.device == "cuda":
+        problem = gpu_problem()
+        if problem:
+            sys.exit(f"bench: --device cuda needs a usable GPU: {problem}")
     cases = args.only or [c for c in CASES if c != "alexnet-train-128" or args.batch128]
     with_torch = not args.no_torch and torch_available()
     peak = matmul_peak_gflops(args.device)
