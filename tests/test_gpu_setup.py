@@ -178,3 +178,31 @@ def test_allow_tf32_switches_cupy_and_tests_run_without_it():
     finally:
         backend.allow_tf32(False)
     assert not backend.tf32_allowed()
+
+
+def test_a_training_step_reads_nothing_back_from_the_device():
+    """Forward, loss, backward and the SGD update of a small network on the shim's device
+    memory (conv, fused ReLU, LRN, pooling, dropout, linear, cross-entropy): nothing makes the
+    host wait for the device, so on a GPU the host can queue the whole step."""
+    from minidl import layers, ops, optim
+    from minidl.testing import cuda_on_cpu
+
+    rng = np.random.default_rng(5)
+    net = layers.Sequential(
+        layers.Conv2d(3, 4, 3, padding=1), layers.ReLU(), layers.LocalResponseNorm(3, 1e-4, 0.75, 2.0),
+        layers.MaxPool2d(3, 2), layers.Conv2d(4, 6, 5, padding=2, groups=2, algorithm="im2col"),
+        layers.ReLU(), layers.Flatten(), layers.Dropout(0.5), layers.Linear(6 * 3 * 3, 5))
+    opt = optim.SGD(net.parameters(), lr=0.01)
+    with cuda_on_cpu.cuda_kernels_on_cpu():
+        for t in net.parameters():
+            t.data = cuda_on_cpu.to_device(t.data)
+        x = minidl.Tensor(cuda_on_cpu.to_device(rng.standard_normal((2, 3, 7, 7)).astype(np.float32)))
+        labels = cuda_on_cpu.to_device(np.array([1, 4]))
+        before = cuda_on_cpu.host_reads()
+        for _ in range(2):
+            loss = ops.cross_entropy(net(x), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert cuda_on_cpu.host_reads() == before
+        assert np.isfinite(float(loss.data))
