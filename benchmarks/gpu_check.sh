@@ -53,7 +53,7 @@ step alexnet 70 "$python" examples/alexnet_imagenet.py --device cuda --max-steps
     --out "$work/alexnet" --overwrite --demo-dir "$work/alexnet-demo"
 step euronet 50 "$python" examples/euronet_eurosat.py --device cuda --max-steps 20 \
     --out "$work/euronet" --overwrite --demo-dir "$work/euronet-demo"
-step bench 130 "$python" benchmarks/bench.py --device cuda --batch128 --repeats 5 "${tf32[@]}"
+step bench 130 "$python" benchmarks/bench.py --device cuda --batch128 --repeats 5 ${tf32[@]+"${tf32[@]}"}
 
 echo
 echo "== summary (${failed} failed)"
