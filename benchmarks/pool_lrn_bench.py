@@ -88,8 +88,7 @@ def main():
             torch.set_num_threads(2)
         except ImportError:
             use_torch = False
-    import numba
-    print(f"batch {args.batch}, median of {args.repeats}, numba threads {numba.get_num_threads()}"
+    print(f"batch {args.batch}, median of {args.repeats}, minidl threads {minidl.cpu.num_threads()}"
           + (f", torch threads {torch.get_num_threads()}" if use_torch else ""))
     header = f"{'case':22s} {'':16s} {'minidl ms':>10s}"
     print(header + (f" {'torch ms':>10s} {'speed-up':>9s}" if use_torch else ""))

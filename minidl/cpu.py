@@ -77,11 +77,11 @@ def configure():
 # aside (another process wants the core) holds up one chunk, not half the kernel, and a
 # machine shared with other work slows a step down in proportion, not many times over. The
 # same threads run the many small matrix products of a convolution (``matmul_many``), each on
-# one BLAS thread. A kernel's loop over its items is a ``prange``, compiled by Numba's
-# parallel pipeline (only that loop, ``PARALLEL_OPTIONS``) but run by each of minidl's threads
-# on one Numba thread: the pipeline proves the arrays in the loop do not overlap and tells LLVM
-# so, and the inner loops then vectorise (several times faster than the same loop compiled
-# serially); Numba's own thread team is never used.
+# one BLAS thread. Numba compiles each kernel as plain serial code (no ``parallel=True``: its
+# parallel pipeline made a cold first step two to three times longer to compile and ran no
+# faster here) with ``error_model="numpy"``: a division by zero gives inf or NaN, as on the
+# GPU, instead of a test for it in every iteration that keeps LLVM from vectorising the
+# loop. Numba's own thread team is never used.
 
 CHUNKS_PER_THREAD = 8  # enough to even out threads that run at different speeds
 
@@ -123,24 +123,6 @@ def _executor():
         return _pool["executor"]
 
 
-PARALLEL_OPTIONS = {"prange": True, "fusion": False, "numpy": False, "setitem": False,
-                    "reduction": False, "comprehension": False, "inplace_binop": False,
-                    "stencil": False}
-
-
-@contextlib.contextmanager
-def _one_numba_thread():
-    """Numba's parallel loops run on the calling thread alone (a per-thread setting)."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
 def run_items(work, n_items, n_elements):
     """Call ``work(first, stop)`` over chunks that cover items 0 .. n_items-1, on minidl's
     threads; all on the calling thread when there is little to do (``n_elements`` below
@@ -148,21 +130,19 @@ def run_items(work, n_items, n_elements):
     threads = min(num_threads(), n_items)
     if threads <= 1 or n_elements < SERIAL_BELOW:
         if n_items > 0:
-            with _one_numba_thread():
-                work(0, n_items)
+            work(0, n_items)
         return
     chunk = -(-n_items // (threads * CHUNKS_PER_THREAD))
     n_chunks = -(-n_items // chunk)
     counter = itertools.count()  # next() on it is atomic: each chunk is taken once
 
     def take_chunks():
-        with _one_numba_thread():
-            while True:
-                index = next(counter)
-                if index >= n_chunks:
-                    return
-                first = index * chunk
-                work(first, min(first + chunk, n_items))
+        while True:
+            index = next(counter)
+            if index >= n_chunks:
+                return
+            first = index * chunk
+            work(first, min(first + chunk, n_items))
 
     helpers = [_executor().submit(take_chunks) for _ in range(threads - 1)]
     try:
@@ -174,12 +154,12 @@ def run_items(work, n_items, n_elements):
 
 def kernel(function):
     """Decorator for a CPU kernel ``function(first, stop, *args)`` whose loop over its items
-    is ``for i in prange(first, stop)`` (see above): compiled by Numba (``nogil``, cached), and
+    is ``for i in range(first, stop)`` (see above): compiled by Numba (``nogil``, cached), and
     launched as ``kernel(n_items, *args)`` -- the CUDA launcher's convention -- on minidl's
     threads. The compiled dispatcher is ``kernel.compiled`` (for ``inspect_asm``)."""
     from numba import njit  # not at the top: configure() must run before Numba is imported
 
-    compiled = njit(parallel=PARALLEL_OPTIONS, nogil=True, cache=True)(function)
+    compiled = njit(nogil=True, cache=True, error_model="numpy")(function)
 
     @functools.wraps(function)
     def launch(n_items, *args):

@@ -36,7 +36,6 @@ from a checkpoint gives the same rates.
 import math
 
 import numpy as np
-from numba import prange
 from numba.core.extending import intrinsic
 
 from . import backend, cpu, cuda
@@ -52,7 +51,7 @@ def _sgd_update(first, stop, w, v, g, momentum, decay, lr, with_decay):
     # temporaries: 61M AlexNet weights, ~2 GB of traffic). The scalars arrive in w's dtype
     # and the operations are those of the NumPy form, in its order, each rounded to w's
     # dtype, so the two give the same bits. Iteration i owns element i.
-    for i in prange(first, stop):
+    for i in range(first, stop):
         vi = v[i] * momentum
         if with_decay:
             vi = vi - decay * w[i]
@@ -226,7 +225,7 @@ def _adam_update(first, stop, w, g, m, v, v_max, decay_factor, weight_decay, one
     # The update of the module docstring for element i, in PyTorch's order of operations
     # (decay_factor = 1 - lr * weight_decay for AdamW, else 1 and weight_decay applies to g).
     # Iteration i owns element i.
-    for i in prange(first, stop):
+    for i in range(first, stop):
         gi = g[i]
         if decay_factor != 1:
             w[i] = w[i] * decay_factor

@@ -23,9 +23,9 @@ killed run; and what a run is made of: its recipe, and where it ran.
 ``make_recipe`` and ``recipe_changes`` say what a resumed run must share with its checkpoint
 (the optimiser's and schedule's settings, the batch size, what the caller adds).
 ``environment()`` is what a checkpoint records about the process that wrote it: versions,
-thread settings and the number of processes that trained together. BLAS and Numba threads split sums differently, so a run resumed with other
-settings matches the uninterrupted one only to float rounding (about 1e-7), not bitwise;
-``fit`` warns when they differ.
+thread settings and the number of processes that trained together. BLAS threads may split
+sums differently, so a run resumed with other settings matches the uninterrupted one only to
+float rounding (about 1e-7), not bitwise; ``fit`` warns when they differ.
 """
 import json
 import os
@@ -47,7 +47,8 @@ LOCK_NAME = ".minidl-run.lock"
 RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.jsonl", "curves.png")
 # What checkpoint.write_atomically leaves behind when killed: ".<name>.<mkstemp's 8 characters>.tmp".
 STALE_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREAD_VARIABLES = ("MINIDL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS")
 
 
 class RunFolderError(FileExistsError):
@@ -373,15 +374,15 @@ def describe_changes(changes):
 def environment(processes=1):
     """Versions and thread settings of this process, and the number of ``processes`` training
     together (``minidl.distributed``), as a checkpoint records them."""
-    from . import __version__
+    from . import __version__, cpu
 
     record = {"python": platform.python_version(), "numpy": np.__version__, "minidl": __version__,
               "processes": int(processes),
               "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+    record["threads"]["minidl.cpu.num_threads()"] = cpu.num_threads()
     try:
         import numba
         record["numba"] = numba.__version__
-        record["threads"]["numba.get_num_threads()"] = numba.get_num_threads()
     except ImportError:
         record["numba"] = None
     return record
@@ -397,7 +398,8 @@ def environment_differences(saved, current):
     if saved.get("processes", 1) != current.get("processes", 1):
         differences.append(f"processes {saved.get('processes', 1)} -> {current.get('processes', 1)}")
     old, new = saved.get("threads") or {}, current.get("threads") or {}
-    for key in sorted(set(old) | set(new)):
+    # Only what both records hold: an older minidl recorded Numba's thread count instead.
+    for key in sorted(set(old) & set(new)):
         if old.get(key) != new.get(key):
             differences.append(f"{key} {old.get(key, 'unset') or 'unset'} -> {new.get(key) or 'unset'}")
     return differences

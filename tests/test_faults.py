@@ -889,7 +889,7 @@ def test_13_versions_and_thread_settings_are_recorded_and_a_change_is_a_warning(
     recorded = checkpoint.load(out / "checkpoint.npz")["environment"]
     assert recorded["threads"]["OPENBLAS_NUM_THREADS"] == "2"
     assert {"python", "numpy", "numba", "minidl"} <= set(recorded)
-    assert isinstance(recorded["threads"]["numba.get_num_threads()"], int)
+    assert isinstance(recorded["threads"]["minidl.cpu.num_threads()"], int)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     with pytest.warns(ResumeWarning, match=r"OPENBLAS_NUM_THREADS 2 -> 1.*float rounding"):
         train_run(out, 2, resume=True)

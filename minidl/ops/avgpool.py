@@ -25,7 +25,6 @@ plane; ``avgpool.cu``: one thread per output or input element), so they give the
 
 import numpy as np
 
-from numba import prange
 
 from .. import backend, cpu, cuda
 from ..tensor import Function
@@ -87,7 +86,7 @@ def _forward_cpu_kernel(first, stop, x, y, h_lo, h_hi, w_lo, w_hi, div_h, div_w,
     # one (n, c) plane p.
     planes, out_h, out_w = y.shape
     zero = x.dtype.type(0)
-    for p in prange(first, stop):
+    for p in range(first, stop):
         for i in range(out_h):
             for j in range(out_w):
                 total = zero
@@ -108,7 +107,7 @@ def _backward_cpu_kernel(first, stop, g, grad_x, div_h, div_w, divisor_override,
     # One loop iteration owns one plane p (a gather: each element written once).
     planes, height, width = grad_x.shape
     zero = g.dtype.type(0)
-    for p in prange(first, stop):
+    for p in range(first, stop):
         for h in range(height):
             for w in range(width):
                 total = zero

@@ -29,7 +29,6 @@ import math
 
 import numpy as np
 
-from numba import prange
 
 from .. import backend, cpu, cuda
 from ..tensor import Function, Tensor
@@ -102,7 +101,7 @@ def _statistics_cpu_kernel(first, stop, x, mean, var, count):
     # iteration owns one channel c.
     batch, channels, positions = x.shape
     zero = x.dtype.type(0)
-    for c in prange(first, stop):
+    for c in range(first, stop):
         total = zero
         for b in range(batch):
             plane = zero
@@ -126,7 +125,7 @@ def _normalize_cpu_kernel(first, stop, x, mean, invstd, gamma, beta, y):
     # y[b, c, q] = (x[b, c, q] - mean[c]) * invstd[c] * gamma[c] + beta[c]. One loop
     # iteration owns one (b, c) plane.
     batch, channels, positions = x.shape
-    for plane in prange(first, stop):
+    for plane in range(first, stop):
         b = plane // channels
         c = plane % channels
         m, s, g, h = mean[c], invstd[c], gamma[c], beta[c]
@@ -143,7 +142,7 @@ def _backward_cpu_kernel(first, stop, g, x, mean, invstd, gamma, grad_x, sum_g, 
     # One loop iteration owns one channel: the sums and its dx, fused.
     batch, channels, positions = x.shape
     zero = x.dtype.type(0)
-    for c in prange(first, stop):
+    for c in range(first, stop):
         m, s = mean[c], invstd[c]
         total_g, total_gx = zero, zero
         for b in range(batch):

@@ -26,7 +26,7 @@ is returned as it is, no seed is drawn and no graph node is recorded.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import backend, cpu, cuda, random
 from ..tensor import Function, Tensor
@@ -77,7 +77,7 @@ def _hash(seed, i):
 def _apply_cpu_kernel(first, stop, x, y, seed, threshold, scale):
     # y[i] = x[i] * scale if (hash(seed, i) >> 11) >= threshold else 0. Each loop iteration
     # owns one element; the mask depends only on (seed, i), not on which core runs it.
-    for i in prange(first, stop):
+    for i in range(first, stop):
         if (_hash(seed, np.uint64(i)) >> np.uint64(11)) >= threshold:
             y[i] = x[i] * scale
         else:

@@ -37,7 +37,7 @@ sized by the workspace limit of the arrays' device (``workspace.workspace_bytes`
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import backend, cpu, cuda
 from ..tensor import Function, is_grad_enabled
@@ -72,7 +72,7 @@ def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, strid
     # explicit loop: a slice assignment compiles Numba's shape checks and their messages.
     batch, channels, height, width = x.shape
     taps = kernel_h * kernel_w
-    for row in prange(first, stop):
+    for row in range(first, stop):
         c = row // taps
         ki = (row // kernel_w) % kernel_h
         kj = row % kernel_w
@@ -108,7 +108,7 @@ def _col2im_cpu_kernel(first, stop, cols, dx, kernel_h, kernel_w, stride_h, stri
     # read consecutive stretches of the same rows of cols (the other kernels here and in
     # winograd.py that read or write one plane's stretch of a (rows, B*pixels) matrix do the
     # same).
-    for plane in prange(first, stop):
+    for plane in range(first, stop):
         c = plane // batch
         b = plane % batch
         dx_plane = dx[b, c]
@@ -140,7 +140,7 @@ def _to_output_cpu_kernel(first, stop, product, bias, has_bias, relu, y):
     # ReLU included. One iteration owns one row y[b, o] and reads one run of product.
     batch, out_channels, pixels = y.shape
     zero = y.dtype.type(0)
-    for row in prange(first, stop):  # channel-major: see _col2im_cpu_kernel
+    for row in range(first, stop):  # channel-major: see _col2im_cpu_kernel
         o = row // batch
         b = row % batch
         source = product[o, b * pixels:(b + 1) * pixels]
@@ -161,7 +161,7 @@ def _to_product_cpu_kernel(first, stop, grad, y, relu, dy):
     # alike). The inverse layout change of _to_output_cpu_kernel; one iteration per (b, o).
     batch, out_channels, pixels = grad.shape
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for row in prange(first, stop):  # channel-major: see _col2im_cpu_kernel
+    for row in range(first, stop):  # channel-major: see _col2im_cpu_kernel
         o = row // batch
         b = row % batch
         source = grad[b, o]

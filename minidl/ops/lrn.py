@@ -41,7 +41,7 @@ float64, so the subtraction does not drift; everything else stays in the input's
 To read the formula as code, start from ``local_response_norm_simple``.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import backend, cpu, cuda
 from ..tensor import Function, is_grad_enabled
@@ -124,7 +124,7 @@ def _forward_cpu_kernel(first, stop, x, y, scale, save_scale, before, after, alp
     size = before + after + 1
     n_chunks = (pixels + chunk - 1) // chunk
     three_quarters = beta == 0.75
-    for task in prange(first, stop):
+    for task in range(first, stop):
         n = task // n_chunks
         p0 = (task % n_chunks) * chunk
         m = min(p0 + chunk, pixels) - p0
@@ -171,7 +171,7 @@ def _backward_cpu_kernel(first, stop, grad_y, x, scale, grad_x, before, after, b
     ring = size + 1
     n_chunks = (pixels + chunk - 1) // chunk
     three_quarters = beta == 0.75
-    for task in prange(first, stop):
+    for task in range(first, stop):
         n = task // n_chunks
         p0 = (task % n_chunks) * chunk
         m = min(p0 + chunk, pixels) - p0

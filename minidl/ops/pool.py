@@ -28,7 +28,7 @@ written once against ``xp`` (a scatter in forward, a gather in backward).
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import backend, cpu, cuda
 from ..tensor import Function, Tensor
@@ -160,7 +160,7 @@ def _forward_cpu_kernel(first, stop, x, y, argmax, kh, kw, sh, sw, ph, pw, dh, d
     # (q < kw), clipped to the input (padding is -inf, and every window holds a real element).
     # One loop iteration owns one (n, c) plane p.
     planes, height, width = x.shape
-    for p in prange(first, stop):
+    for p in range(first, stop):
         plane = x[p]
         has_nan = False
         for h in range(height):
@@ -187,7 +187,7 @@ def _backward_cpu_kernel(first, stop, grad_y, argmax, grad_x):
     # the same order as the GPU's gather, hence the same bits.
     planes, n_out = grad_y.shape
     n_in = grad_x.shape[1]
-    for p in prange(first, stop):
+    for p in range(first, stop):
         for a in range(n_in):
             grad_x[p, a] = 0
         for o in range(n_out):

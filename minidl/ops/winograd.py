@@ -51,7 +51,7 @@ against. Chunks and kept arrays follow ``workspace.py``'s policy, as for im2col.
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import backend, cpu, cuda
 from ..tensor import Function, is_grad_enabled
@@ -163,7 +163,7 @@ def _input_transform_cpu_kernel(first, stop, x, v, pad_h, pad_w, m, tiles_h, til
     batch, channels, height, width = x.shape
     n_tiles = tiles_h * tiles_w
     span = m * tiles_w + ALPHA - m
-    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in range(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         k = _constants(x)
@@ -199,7 +199,7 @@ def _output_transform_cpu_kernel(first, stop, mm, bias, has_bias, relu, y, m, ti
     batch, out_channels, out_h, out_w = y.shape
     n_tiles = tiles_h * tiles_w
     zero = y.dtype.type(0)
-    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in range(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         k = _constants(y)
@@ -246,7 +246,7 @@ def _output_adjoint_cpu_kernel(first, stop, grad, y, relu, dm, m, tiles_h, tiles
     batch, out_channels, out_h, out_w = grad.shape
     n_tiles = tiles_h * tiles_w
     one, zero = grad.dtype.type(1), grad.dtype.type(0)
-    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in range(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         o = plane // batch
         b = plane % batch
         k = _constants(grad)
@@ -288,7 +288,7 @@ def _input_adjoint_cpu_kernel(first, stop, dv, dx, pad_h, pad_w, m, tiles_h, til
     # order. (The CUDA kernel gathers per pixel instead; the sums agree up to rounding order.)
     batch, channels, height, width = dx.shape
     n_tiles = tiles_h * tiles_w
-    for plane in prange(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
+    for plane in range(first, stop):  # channel-major: see im2col._col2im_cpu_kernel
         c = plane // batch
         b = plane % batch
         k = _constants(dx)
