@@ -166,18 +166,12 @@ def _forward_cpu_kernel(first, stop, x, y, argmax, kh, kw, sh, sw, ph, pw, dh, d
         for h in range(height):
             for w in range(width):
                 has_nan |= plane[h, w] != plane[h, w]
-        # Literal flags, so that the plane loop is compiled once per case, without the NaN test
-        # where there is no NaN and with unit steps where there is no dilation, and the choice
-        # is made once per plane rather than once per window.
-        if dh == 1 and dw == 1:
-            if has_nan:
-                _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, 1, 1, True)
-            else:
-                _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, 1, 1, False)
-        elif has_nan:
-            _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, dh, dw, True)
+        # The common case -- no NaN, no dilation -- has a loop of its own, compiled with literal
+        # flags: without the NaN test and with unit steps. Everything else shares one loop.
+        if dh == 1 and dw == 1 and not has_nan:
+            _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, 1, 1, False)
         else:
-            _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, dh, dw, False)
+            _pool_plane(plane, y[p], argmax[p], kh, kw, sh, sw, ph, pw, dh, dw, has_nan)
 
 
 @cpu.kernel
