@@ -67,30 +67,36 @@ def _im2col_cpu_kernel(first, stop, x, cols, kernel_h, kernel_w, stride_h, strid
                        dilation_h, dilation_w, out_h, out_w):
     # cols[(c, ki, kj), (b, oh, ow)] = x[b, c, oh*sH + ki*dH - pH, ow*sW + kj*dW - pW], 0 in the
     # padding.
-    # One iteration owns one row (c, ki, kj) of cols: it writes that row start to end, so the
-    # writes are sequential and the iterations never touch the same memory. The copy is an
-    # explicit loop: a slice assignment compiles Numba's shape checks and their messages.
+    # One iteration owns one input plane x[b, c] and writes its stretch b*OH*OW ... of the
+    # kH*kW rows (c, ki, kj): the plane stays in cache while its taps are copied out (a whole
+    # row of cols would sweep the channel of every image once per tap), and the iterations
+    # never touch the same memory. Planes are numbered channel-major, as in col2im below.
+    # The copy is an explicit loop: a slice assignment compiles Numba's shape checks.
     batch, channels, height, width = x.shape
-    taps = kernel_h * kernel_w
-    for row in range(first, stop):
-        c = row // taps
-        ki = (row // kernel_w) % kernel_h
-        kj = row % kernel_w
-        tap_w = kj * dilation_w  # the column offset of tap kj within a window
-        lo, hi = _valid_outputs(tap_w, pad_w, stride_w, width, out_w)  # ow inside the input
-        w_first = lo * stride_w + tap_w - pad_w
-        for b in range(batch):
-            for oh in range(out_h):
-                start = (b * out_h + oh) * out_w
-                h = oh * stride_h + ki * dilation_h - pad_h
-                if h < 0 or h >= height or hi == lo:
-                    cols[row, start:start + out_w] = 0
-                    continue
-                target, source = cols[row], x[b, c, h]
-                target[start:start + lo] = 0
-                for ow in range(lo, hi):
-                    target[start + ow] = source[w_first + (ow - lo) * stride_w]
-                target[start + hi:start + out_w] = 0
+    for plane in range(first, stop):
+        c = plane // batch
+        b = plane % batch
+        source_plane = x[b, c]
+        for ki in range(kernel_h):
+            for kj in range(kernel_w):
+                target = cols[(c * kernel_h + ki) * kernel_w + kj]
+                tap_w = kj * dilation_w  # the column offset of tap kj within a window
+                lo, hi = _valid_outputs(tap_w, pad_w, stride_w, width, out_w)  # ow inside
+                w_first = lo * stride_w + tap_w - pad_w
+                for oh in range(out_h):
+                    start = (b * out_h + oh) * out_w
+                    h = oh * stride_h + ki * dilation_h - pad_h
+                    if h < 0 or h >= height or hi == lo:
+                        for ow in range(out_w):
+                            target[start + ow] = 0
+                        continue
+                    source = source_plane[h]
+                    for ow in range(lo):
+                        target[start + ow] = 0
+                    for ow in range(lo, hi):
+                        target[start + ow] = source[w_first + (ow - lo) * stride_w]
+                    for ow in range(hi, out_w):
+                        target[start + ow] = 0
 
 
 @cpu.kernel
@@ -178,7 +184,7 @@ def _to_product_cpu_kernel(first, stop, grad, y, relu, dy):
 # -- the steps, one set per device, same signatures -----------------------------------------------
 
 def _im2col_cpu(x, cols, geo):
-    _im2col_cpu_kernel(geo.rows, x, cols, *geo.kernel_args())
+    _im2col_cpu_kernel(x.shape[0] * x.shape[1], x, cols, *geo.kernel_args())
 
 
 def _col2im_cpu(cols, dx, geo):
