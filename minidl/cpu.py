@@ -184,21 +184,58 @@ def single_threaded_blas():
 
 
 def matmul_many(a, b, out):
-    """out[l] = a[l] @ b[l] for every l of the stacked (L, M, K) and (L, K, N) arrays: the L
-    products spread over minidl's threads, each on one BLAS thread -- one wait for all of
-    them, where BLAS's own threads would meet L times."""
+    """out[l] = a[l] @ b[l] for every l of the stacked (L, M, K) and (L, K, N) arrays, on
+    minidl's threads, each product or piece of one on one BLAS thread.
+
+    Many products (a Winograd convolution's 36 per group) are handed out whole. Fewer than
+    twice the threads are cut into pieces along the longer side of ``out`` -- column blocks
+    of b and out, or row blocks of a and out -- so that one large product (conv1's im2col
+    GEMM, a fully connected layer) keeps every thread busy too. BLAS's own threads are never
+    woken: they would spin after each product and take the cores from the Numba kernels
+    that follow (unless ``OPENBLAS_THREAD_TIMEOUT`` was set before NumPy loaded, which
+    ``configure()`` cannot do when NumPy came first), and a product cut into more pieces
+    than threads goes on at full speed when another process takes a core."""
     import numpy as np  # not at the top: configure() must run before NumPy is imported
 
-    if num_threads() <= 1 or len(a) <= 1:
+    count, rows, columns = out.shape
+    depth = a.shape[-1]
+    multiply_adds = out.size * depth
+    if multiply_adds < SERIAL_BELOW:  # BLAS runs a product this small on one thread anyway
         np.matmul(a, b, out=out)
         return
+    threads = num_threads()
+    along_columns = columns >= rows
+    side = columns if along_columns else rows
+    # More pieces than threads, to even out a slow thread -- except where the inner
+    # dimension is long (conv1's dW: K = B*55*55), and every piece reads all of the other
+    # operand's K-long rows again.
+    wanted = threads if depth > 4 * max(rows, columns) else 2 * threads
+    pieces = max(1, min(-(-wanted // count), side // 32))  # pieces of at least 32
+    step = -(-side // pieces)
+    pieces = -(-side // step)
 
     def work(first, stop):
-        for l in range(first, stop):
-            np.matmul(a[l], b[l], out=out[l])
+        for item in range(first, stop):
+            l, piece = divmod(item, pieces)
+            part = slice(piece * step, (piece + 1) * step)
+            if pieces == 1:
+                np.matmul(a[l], b[l], out=out[l])
+            elif along_columns:
+                np.matmul(a[l], b[l][:, part], out=out[l][:, part])
+            else:
+                np.matmul(a[l][part], b[l], out=out[l][part])
 
     with single_threaded_blas():
-        run_items(work, len(a), out.size)
+        run_items(work, count * pieces, multiply_adds)
+
+
+def matmul(a, b):
+    """a @ b for 2-D arrays, as ``matmul_many`` runs it; returns a new C-contiguous array."""
+    import numpy as np
+
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    matmul_many(a[None], b[None], out[None])
+    return out
 
 
 # glibc mallopt parameters (malloc.h)

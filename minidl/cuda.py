@@ -245,6 +245,12 @@ def matmul_many(a, b, out):
         xp.matmul(a, b, out=out)
 
 
+def matmul(a, b):
+    """a @ b for 2-D arrays on their device (``dot``: see matmul_many): the counterpart of
+    ``minidl.cpu.matmul``."""
+    return backend.array_module(a).dot(a, b)
+
+
 # -- self-test: what a GPU machine has and lacks ---------------------------------------------------
 
 # Substrings of CuPy's errors -> what is missing, and how to get it.

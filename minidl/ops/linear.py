@@ -1,10 +1,10 @@
 """Fully connected layer ``y = x W^T + b`` and ``flatten``.
 
 ``linear`` has no kernel of its own, on purpose: its forward and backward are three matrix
-products, and ``xp.dot`` hands them to BLAS (NumPy) or cuBLAS (CuPy), which no hand-written
-kernel here would beat. (``dot`` rather than ``matmul``: for 2-D operands the same product,
-but CuPy 13's ``matmul`` first goes through its generic ufunc machinery, tens of microseconds
-on every call.) ``W.T`` is a transposed *view*; BLAS reads it as it is, without a copy.
+products, which no hand-written kernel here would beat: ``cpu.matmul`` on the CPU (BLAS, one
+thread per piece of the product, on minidl's threads) and ``cuda.matmul`` on the GPU (cuBLAS
+through CuPy's ``dot``). ``W.T`` is a transposed *view*; BLAS reads it as it is, without a
+copy.
 
     forward    y  = x @ W.T (+ b)          x (N, in), W (out, in), b (out,), y (N, out)
                (x (..., in) of any other rank is the matrix of its rows, as in PyTorch)
@@ -23,7 +23,7 @@ needs no gradient) keeps less alive between forward and backward.
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, cpu, cuda
 from ..tensor import Function
 from . import checks
 
@@ -42,6 +42,12 @@ def linear_simple(x, weight, bias=None):
                 total += float(x[i, j]) * float(weight[o, j])
             y[i, o] = total
     return y
+
+
+# -- the product, one per device ------------------------------------------------------------------
+
+def _matmul(a, b):
+    return backend.pick(a, cpu=cpu.matmul, cuda=cuda.matmul)(a, b)
 
 
 # -- the Functions --------------------------------------------------------------------------------
@@ -66,7 +72,7 @@ class LinearFunction(Function):
         self.x_shape = tuple(x.shape)
         rows = int(np.prod(x.shape[:-1], dtype=np.int64))
         x = x.reshape(rows, x.shape[-1])
-        y_t = xp.dot(weight, x.T)  # (out, N): the fast orientation, see the module doc
+        y_t = _matmul(weight, x.T)  # (out, N): the fast orientation, see the module doc
         y = xp.empty((rows, weight.shape[0]), dtype=x.dtype)
         if bias is None:
             y[...] = y_t.T
@@ -83,8 +89,8 @@ class LinearFunction(Function):
         g = g.reshape(int(np.prod(g.shape[:-1], dtype=np.int64)), g.shape[-1])
         grad_x = None
         if needs[0]:
-            grad_x = xp.ascontiguousarray(xp.dot(weight.T, g.T).T).reshape(self.x_shape)
-        grad_w = xp.dot(g.T, x) if needs[1] else None
+            grad_x = xp.ascontiguousarray(_matmul(weight.T, g.T).T).reshape(self.x_shape)
+        grad_w = _matmul(g.T, x) if needs[1] else None
         grad_b = g.sum(axis=0) if needs[2] else None
         return grad_x, grad_w, grad_b
 

@@ -452,13 +452,13 @@ class WinogradConv2dFunction(Function):
         return kept[start * per_image:(start + images) * per_image].reshape(
             ALPHA * ALPHA, self.tiling.geo.channels, images * self.tiling.tiles)
 
-    @staticmethod
-    def _filter_transform(xp, weight, g_kron):
+    def _filter_transform(self, xp, weight, g_kron):
         """U = kron(G, G) @ W, in float64 (G's fractions), then in the weights' dtype."""
         out_channels, channels_per_group, r = weight.shape[0], weight.shape[1], weight.shape[2]
         flat = weight.reshape(out_channels * channels_per_group, r * r).astype(np.float64)
-        u = xp.matmul(xp.asarray(g_kron), flat.T).astype(weight.dtype)
-        return u.reshape(ALPHA * ALPHA, out_channels, channels_per_group)
+        u = xp.empty((ALPHA * ALPHA, flat.shape[0]), dtype=np.float64)
+        self.steps.matmul(xp.asarray(g_kron)[None], flat.T[None], u[None])
+        return u.astype(weight.dtype).reshape(ALPHA * ALPHA, out_channels, channels_per_group)
 
     def _products(self, xp, u, v, m):
         """m[f, group g] = u[f, g] @ v[f, g], for the 36 f and every group: stacked products."""
@@ -520,8 +520,10 @@ class WinogradConv2dFunction(Function):
             # dW (O*C_g, r^2) = dU^T (O*C_g, 36) @ kron(G, G), the adjoint of the filter transform.
             r = geo.kernel_h
             grad_u = grad_ut.transpose(0, 1, 3, 2).reshape(ALPHA * ALPHA, geo.out_channels * cg)
-            grad_w = xp.matmul(grad_u.T.astype(np.float64), xp.asarray(tiling.g_kron)).astype(x.dtype)
-            grad_w = grad_w.reshape(geo.out_channels, cg, r, r)
+            grad_w = xp.empty((geo.out_channels * cg, r * r), dtype=np.float64)
+            steps.matmul(grad_u.T.astype(np.float64)[None], xp.asarray(tiling.g_kron)[None],
+                         grad_w[None])
+            grad_w = grad_w.astype(x.dtype).reshape(geo.out_channels, cg, r, r)
         return grad_x, grad_w, grad_b, None, None, None, None
 
     def _transformed_input(self, x, kept, start, images, need_w):
