@@ -269,6 +269,9 @@ class _World:
         if message:
             print(f"minidl.distributed: {message}", file=sys.stderr, flush=True)
         if self.comm is not None and self.size > 1:
+            # MPICH's launcher drops what a rank wrote but it has not forwarded yet when the
+            # rank aborts: a moment for the message to get through.
+            time.sleep(0.5 if message else 0)
             self.comm.Abort(int(status) or 1)
         os._exit(int(status) or 1)
 
