@@ -119,7 +119,8 @@ def test_no_function_is_longer_than_80_lines_without_saying_why():
     assert not long, long
 
 
-OP_FILES = ["activation", "dropout", "pool", "lrn", "linear", "loss", "conv", "batchnorm", "avgpool"]
+OP_FILES = ["activation", "dropout", "pool", "lrn", "linear", "loss", "conv", "batchnorm", "avgpool",
+            "space_to_depth"]
 
 
 def test_every_op_file_reads_in_the_same_order():

@@ -1,6 +1,7 @@
-"""conv2d by Winograd F(4x4, 3x3) and F(2x2, 5x5): the transform matrices, forward against the
-plain-loop definition, float64 gradcheck, agreement with im2col, batch chunking, the choice made
-by algorithm="auto", and bad requests -- each numerical test on every kernel mode."""
+"""conv2d by Winograd F(4x4, 3x3) and F(2x2, 5x5), and strided convolutions by space-to-depth
+then Winograd: the transform matrices, forward against the plain-loop definition, float64
+gradcheck, agreement with im2col, batch chunking, the choice made by algorithm="auto", and bad
+requests -- each numerical test on every kernel mode."""
 import numpy as np
 import pytest
 
@@ -211,8 +212,10 @@ def test_layer_passes_the_algorithm_on():
 
 
 @pytest.mark.parametrize("weight_shape, stride, pattern", [
-    ((2, 2, 7, 7), 1, r"algorithm='winograd' needs a 3x3 or 5x5 kernel at stride 1, got kernel \(7, 7\)"),
-    ((2, 2, 3, 3), 2, r"needs a 3x3 or 5x5 kernel at stride 1, got kernel \(3, 3\) and stride \(2, 2\)"),
+    ((2, 2, 7, 7), 1, r"algorithm='winograd' needs a 3x3 or 5x5 kernel at stride 1 \(or a square "
+                      r"k x k one at stride s with ceil\(k / s\) = 3 or 5\), got kernel \(7, 7\)"),
+    ((2, 2, 3, 3), 2, r"needs a 3x3 or 5x5 kernel at stride 1 .*got kernel \(3, 3\) and "
+                      r"stride \(2, 2\)"),
 ])
 def test_winograd_refuses_other_geometries(weight_shape, stride, pattern):
     x = minidl.Tensor(np.zeros((1, 2, 9, 9), np.float32))
@@ -227,3 +230,99 @@ def test_unknown_algorithm_is_refused():
     with pytest.raises(ValueError, match=r"conv2d: algorithm must be one of 'auto', 'im2col', "
                                          r"'winograd', got 'fft'"):
         conv2d(x, w, algorithm="fft")
+
+
+# -- strided convolutions: space-to-depth, then Winograd ------------------------------------------
+# (N, C, H, W), O, kernel, stride, padding, groups, bias
+STRIDED = [
+    ((2, 3, 31, 31), 4, 11, 4, 0, 1, True),   # AlexNet's conv1 in miniature: 6x6 output
+    ((2, 3, 30, 29), 4, 11, 4, 2, 1, True),   # padded, input not a multiple of the stride
+    ((1, 4, 13, 12), 6, 5, 2, 2, 2, True),    # 5x5 at stride 2: 3x3 after; groups 2
+    ((2, 2, 9, 10), 3, 6, 2, 1, 1, False),    # an even kernel
+    ((1, 3, 20, 20), 2, 9, 3, (1, 2), 1, True),  # stride 3, padding per side
+    ((1, 2, 30, 30), 2, 10, 2, 0, 1, True),   # 10x10 at stride 2: 5x5 after, F(2x2, 5x5)
+]
+STRIDED_IDS = ["conv1", "conv1-padded", "5x5-s2-groups2", "6x6-s2", "9x9-s3", "10x10-s2"]
+
+
+def make_strided(config, dtype, seed=0):
+    (n, c, h, w), o, k, stride, padding, groups, has_bias = config
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((o, c // groups, k, k)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype) if has_bias else None
+    return x, weight, bias, stride, padding, groups
+
+
+@pytest.mark.parametrize("config", STRIDED, ids=STRIDED_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_forward_matches_reference(kernels, config, dtype):
+    x, w, b, stride, padding, groups = make_strided(config, dtype)
+    y = conv2d(kernels.tensor(x), kernels.tensor(w), None if b is None else kernels.tensor(b),
+               stride=stride, padding=padding, groups=groups, algorithm="winograd")
+    expected = conv2d_simple(x, w, b, pair(stride), pair(padding), groups)
+    assert y.dtype == dtype and y.shape == expected.shape
+    tol = 3e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(kernels.numpy(y), expected, rtol=0,
+                               atol=tol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("config", STRIDED, ids=STRIDED_IDS)
+def test_strided_gradcheck(kernels, config):
+    x, w, b, stride, padding, groups = make_strided(config, np.float64)
+    x = x[:1, :, :min(x.shape[2], 16), :min(x.shape[3], 16)]  # small enough for differences
+    tensors = [kernels.tensor(x, requires_grad=True), kernels.tensor(w, requires_grad=True)]
+    if b is not None:
+        tensors.append(kernels.tensor(b, requires_grad=True))
+
+    def fn(xt, wt, bt=None):
+        return conv2d(xt, wt, bt, stride=stride, padding=padding, groups=groups,
+                      algorithm="winograd")
+
+    assert minidl.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_strided_agrees_with_im2col_on_conv1(kernels, dtype):
+    """AlexNet's conv1 geometry (11x11, stride 4, 3 channels) with its fused ReLU."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 67, 67)).astype(dtype)
+    w = (0.05 * rng.standard_normal((8, 3, 11, 11))).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    results = {}
+    for algorithm in ("auto", "im2col"):
+        xt, wt, bt = (kernels.tensor(a, requires_grad=True) for a in (x, w, b))
+        y = conv2d(xt, wt, bt, stride=4, relu=True, algorithm=algorithm)
+        g = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+        y.backward(kernels.tensor(g))
+        results[algorithm] = [kernels.numpy(a) for a in (y, xt.grad, wt.grad, bt.grad)]
+    tol = 3e-5 if dtype == np.float32 else 1e-12
+    for name, a, c in zip(("y", "dx", "dw", "db"), results["auto"], results["im2col"]):
+        scale = max(1.0, float(np.abs(c).max()))
+        np.testing.assert_allclose(a, c, rtol=0, atol=tol * scale, err_msg=name)
+
+
+def test_auto_takes_space_to_depth_where_it_gives_a_winograd_kernel():
+    x = minidl.Tensor(np.zeros((1, 3, 35, 35), np.float32))
+
+    def first_op(k, stride, **options):
+        w = minidl.Tensor(np.zeros((2, 3 // options.get("groups", 1), k, k), np.float32),
+                          requires_grad=True)
+        y = conv2d(x, w, stride=stride, **options)
+        return y.creator.name, y.creator.inputs[1].creator  # the weights, rearranged or not
+
+    name, before = first_op(11, 4)
+    assert name == "WinogradConv2dFunction" and before.name == "SpaceToDepthFunction"
+    assert first_op(5, 2)[0] == "WinogradConv2dFunction"
+    assert first_op(3, 2)[0] == "Im2colConv2dFunction"  # ceil(3/2) = 2: no Winograd kernel
+    assert first_op(7, 2)[0] == "Im2colConv2dFunction"  # 4
+    assert first_op(11, 4, algorithm="im2col")[0] == "Im2colConv2dFunction"
+    assert first_op(11, 4, dilation=2)[0] == "Im2colConv2dFunction"
+
+
+def test_strided_errors_name_the_callers_shapes():
+    x = minidl.Tensor(np.zeros((1, 4, 35, 35), np.float32))
+    w = minidl.Tensor(np.zeros((2, 3, 11, 11), np.float32))
+    with pytest.raises(ValueError, match=r"input has 4 channels \(shape \(1, 4, 35, 35\)\) but "
+                                         r"weight \(2, 3, 11, 11\)"):
+        conv2d(x, w, stride=4)

@@ -17,7 +17,8 @@ The CUDA kernels of ``pool.py`` are in ``pool.cu`` beside it, and so on; every `
 starts from ``common.cuh`` (one grid-stride loop macro, one kernel signature convention; see
 ``minidl/cuda.py``). ``arithmetic.py`` (the Tensor algebra) and ``linear.py`` (products) are
 written once against ``xp`` and need no kernels; ``conv.py`` chooses between ``im2col.py`` and
-``winograd.py``, which share ``conv_geometry.py`` and ``workspace.py``.
+``winograd.py`` (after ``space_to_depth.py`` for a strided kernel), which share
+``conv_geometry.py`` and ``workspace.py``.
 """
 from .activation import relu, sigmoid
 from .arithmetic import (add, div, exp, log, matmul, mean, mul, neg, power, reduce_sum, reshape,
@@ -31,3 +32,4 @@ from .loss import (binary_cross_entropy_with_logits, cross_entropy, log_softmax,
                    softmax_cross_entropy)
 from .lrn import local_response_norm
 from .pool import max_pool2d, max_unpool2d
+from .space_to_depth import pixel_unshuffle, space_to_depth

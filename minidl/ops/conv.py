@@ -19,15 +19,20 @@ one output element at a time. The fast ones:
 * ``winograd.py``: 3x3 kernels at stride 1 (AlexNet's conv3-5, all of EuroNet's), by
   Winograd's F(4x4, 3x3), and 5x5 ones (AlexNet's conv2) by F(2x2, 5x5): 4x and 2.8x fewer
   multiply-adds, results equal up to float rounding (a few 1e-6 of the output's scale).
+* a square kernel k at stride s > 1 whose ceil(k / s) is 3 or 5 (AlexNet's conv1: 11x11 at
+  stride 4) becomes a stride-1 convolution with a ceil(k / s)-sized kernel over s*s times the
+  channels (``space_to_depth.py`` rearranges the input and the weights; its docstring shows
+  why that is the same sum), which Winograd then computes.
 
 ``conv2d(..., algorithm="auto")`` takes Winograd wherever it applies (no dilation, even
-padding), im2col elsewhere.
+padding), directly or after space-to-depth, and im2col elsewhere.
 """
 import numpy as np
 
 from ..tensor import Tensor
 from . import checks, im2col, winograd
-from .conv_geometry import OP
+from .conv_geometry import OP, check_inputs
+from .space_to_depth import space_to_depth
 
 ALGORITHMS = ("auto", "im2col", "winograd")
 
@@ -83,6 +88,36 @@ def _padding(padding, kernel, dilation, stride):
     return pair, pair
 
 
+def _strided_winograd_kernel(weight_shape, stride):
+    """The kernel size ceil(k / s) of a strided convolution after space-to-depth, where
+    Winograd computes that: a square kernel and stride, s > 1; else None."""
+    if len(weight_shape) != 4 or weight_shape[2] != weight_shape[3] or stride[0] != stride[1]:
+        return None
+    block = stride[0]
+    size = -(-weight_shape[2] // block)
+    if block > 1 and winograd.supports(tuple(weight_shape[:2]) + (size, size), (1, 1)):
+        return size
+    return None
+
+
+def _space_to_depth_winograd(x, weight, bias, stride, padding, groups, relu):
+    """conv2d at stride s as a stride-1 Winograd convolution of the space-to-depth input and
+    weights (see space_to_depth.py): x' = s x s blocks of the padded input, OH + k' - 1 of
+    them down (so that the stride-1 output is OH), W' = the kernel's blocks, zero-padded."""
+    data = lambda a: a.data if isinstance(a, Tensor) else a  # noqa: E731
+    check_inputs(data(x), data(weight), None if bias is None else data(bias), stride, padding,
+                 groups)  # named with the caller's shapes, not the rearranged ones
+    block, size = stride[0], _strided_winograd_kernel(tuple(weight.shape), stride)
+    height, width = data(x).shape[2:]
+    kernel = weight.shape[2]
+    out_h = (height + 2 * padding[0] - kernel) // block + 1
+    out_w = (width + 2 * padding[1] - kernel) // block + 1
+    x_blocks = space_to_depth(x, block, padding, (out_h + size - 1, out_w + size - 1))
+    w_blocks = space_to_depth(weight, block, 0, (size, size))
+    return winograd.WinogradConv2dFunction.apply(x_blocks, w_blocks, bias, (1, 1), (0, 0),
+                                                 groups, relu)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, relu=False,
            algorithm="auto"):
     """2-D convolution of ``x`` (N, C, H, W) or (C, H, W) with ``weight`` (O, C // groups, kH, kW),
@@ -101,9 +136,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
 
     ``algorithm`` picks how it is computed: ``"im2col"`` (any geometry), ``"winograd"``
     (F(4x4, 3x3) and F(2x2, 5x5): 3x3 and 5x5 kernels at stride 1, no dilation, 4x and 2.8x
-    fewer multiply-adds) or
-    ``"auto"``, which takes Winograd wherever it applies. Both give the same results up to
-    float rounding.
+    fewer multiply-adds; and a square kernel k at stride s whose ceil(k / s) is 3 or 5, after
+    space-to-depth) or ``"auto"``, which takes Winograd wherever it applies. Both give the
+    same results up to float rounding.
     """
     stride = checks.int_pair(OP, "stride", stride, 1)
     dilation = checks.int_pair(OP, "dilation", dilation, 1)
@@ -127,9 +162,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, r
         raise ValueError(f"{OP}: algorithm='winograd' has no dilation or uneven padding, got "
                          f"dilation {dilation} and padding {padding} + {padding_end}; use "
                          "algorithm='im2col' (or 'auto')")
+    if algorithm in ("winograd", "auto") and even and _strided_winograd_kernel(shape, stride):
+        return _space_to_depth_winograd(x, weight, bias, stride, padding, groups, bool(relu))
     if algorithm == "winograd" or (algorithm == "auto" and even and len(shape) == 4
                                    and winograd.supports(shape, stride)):
         return winograd.WinogradConv2dFunction.apply(x, weight, bias, stride, padding, groups,
                                                      bool(relu))
     return im2col.Im2colConv2dFunction.apply(x, weight, bias, stride, padding, groups, bool(relu),
                                              dilation, None if even else padding_end)
+

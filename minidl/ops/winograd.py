@@ -418,7 +418,8 @@ class WinogradConv2dFunction(Function):
     def forward(self, x, weight, bias, stride, padding, groups, relu=False):
         check_inputs(x, weight, bias, stride, padding, groups)
         if not supports(weight.shape, stride):
-            raise ValueError(f"{OP}: algorithm='winograd' needs a 3x3 or 5x5 kernel at stride 1, "
+            raise ValueError(f"{OP}: algorithm='winograd' needs a 3x3 or 5x5 kernel at stride 1 "
+                             f"(or a square k x k one at stride s with ceil(k / s) = 3 or 5), "
                              f"got kernel {tuple(weight.shape[2:])} and stride {tuple(stride)}; "
                              f"use algorithm='im2col' (or 'auto')")
         xp = backend.array_module(x)
