@@ -1,6 +1,6 @@
 """Train EuroNet, the EuroSAT study's CNN, on EuroSAT or on a built-in generated demo set.
 
-    python examples/euronet_eurosat.py                           # the demo: about 2 min on 2 CPU cores
+    python examples/euronet_eurosat.py                           # the demo: under a minute on 2 CPU cores
     python examples/euronet_eurosat.py --data /data/EuroSAT_MS   # 13 bands (GeoTIFF)
     python examples/euronet_eurosat.py --data /data/EuroSAT_RGB  # or the RGB JPEG release
     python examples/euronet_eurosat.py --resume                  # continue the run in --out
@@ -21,7 +21,8 @@ AlexNet's (SGD, momentum 0.9, weight decay 0.0005, the rate divided by 10 when t
 stops improving). Random horizontal and vertical flips augment the training split.
 
 The demo (no ``--data``): 100 generated patches per class (80 train, 20 test), 8 epochs of
-16 steps. Measured on 2 CPU cores: about 2 minutes, test accuracy 88 % (chance: 10 %).
+16 steps. Measured on 2 CPU cores (AMD EPYC, 2026-11-30): 45 s, test accuracy 88.5 % (chance:
+10 %), at about 175 img/s.
 
 What it writes to ``--out``: checkpoint.npz (resume with ``--resume``), best.npz, metrics.jsonl,
 curves.png, filters_conv1.png, feature_maps_conv{1,2,3}.png (for one test image, after ReLU)
