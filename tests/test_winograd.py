@@ -179,6 +179,25 @@ def test_batch_chunking_gives_the_same_result(kernels, monkeypatch, images_per_c
         np.testing.assert_allclose(c, a, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_chunks_and_constants_follow_the_inputs_device(kernels, monkeypatch):
+    """Forward and backward chunk the batch by the workspace limit of the input's own array
+    module (a GPU's is larger than the CPU's), and kron(G, G) reaches a device once, not at
+    every call."""
+    from minidl import backend
+    asked = []
+    limit = workspace.workspace_bytes
+    monkeypatch.setattr(workspace, "workspace_bytes", lambda xp=np: asked.append(xp) or limit(xp))
+    x, w, b, padding, groups = make_inputs(CONFIGS[0], np.float64)
+    forward_backward(kernels, x, w, b, padding, groups, "winograd")
+    xp = backend.array_module(kernels.array(x))
+    assert len(asked) == 2 and all(a is xp for a in asked)
+    g_kron = winograd.VARIANTS[3][3]
+    first = workspace.constant(xp, "test_g_kron", g_kron)
+    assert workspace.constant(xp, "test_g_kron", g_kron) is first
+    assert backend.array_module(first) is xp
+    np.testing.assert_array_equal(backend.to_numpy(first) if xp is not np else first, g_kron)
+
+
 def test_empty_batch_and_non_contiguous_input(kernels):
     x, w, b, padding, groups = make_inputs(CONFIGS[0], np.float64)
     y = conv2d(kernels.tensor(x[:0]), kernels.tensor(w), kernels.tensor(b), padding=1)

@@ -332,6 +332,10 @@ class _Tiling:
         self.tiles_w = -(-self.geo.out_w // self.m)
         self.tiles = self.tiles_h * self.tiles_w  # per image
 
+    def g_kron_on(self, xp):
+        """kron(G, G) as an array of ``xp``, on its device."""
+        return workspace.constant(xp, f"winograd_g_kron_{self.geo.kernel_h}", self.g_kron)
+
     def bytes_per_image(self, itemsize):
         """Workspace bytes per image: its V or its M, whichever is larger (chunks small
         enough to stay in the last-level cache measured slower, so they are not sought)."""
@@ -429,7 +433,7 @@ class WinogradConv2dFunction(Function):
         steps = backend.pick(x, cpu=CPU_STEPS, cuda=CUDA_STEPS)
         self.tiling, self.steps, self.relu = tiling, steps, relu
         # U (36, O, C_g): the transformed filters, one (O, C_g) matrix per tile entry.
-        u = self._filter_transform(xp, weight, tiling.g_kron)
+        u = self._filter_transform(xp, weight, tiling)
         y = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), dtype=x.dtype)
         # V of the whole batch, kept for dW within the workspace's budget: a flat array holding
         # each chunk's (36, C, chunk*T) block in turn, so every chunk's V is contiguous.
@@ -437,7 +441,7 @@ class WinogradConv2dFunction(Function):
         if is_grad_enabled() and self.needs_input_grad[1]:
             kept = workspace.keep(xp, (ALPHA * ALPHA * geo.channels * geo.batch * n_cols,), x.dtype)
         self.save_for_backward(x, u, kept, y if relu else None)
-        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize)):
+        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize), xp):
             v = self._kept_chunk(kept, start, b) if kept is not None else workspace.buffer(
                 xp, "cols", (ALPHA * ALPHA, geo.channels, b * n_cols), x.dtype)
             steps.input_transform(x[start:start + b], v, tiling)
@@ -453,12 +457,12 @@ class WinogradConv2dFunction(Function):
         return kept[start * per_image:(start + images) * per_image].reshape(
             ALPHA * ALPHA, self.tiling.geo.channels, images * self.tiling.tiles)
 
-    def _filter_transform(self, xp, weight, g_kron):
+    def _filter_transform(self, xp, weight, tiling):
         """U = kron(G, G) @ W, in float64 (G's fractions), then in the weights' dtype."""
         out_channels, channels_per_group, r = weight.shape[0], weight.shape[1], weight.shape[2]
         flat = weight.reshape(out_channels * channels_per_group, r * r).astype(np.float64)
         u = xp.empty((ALPHA * ALPHA, flat.shape[0]), dtype=np.float64)
-        self.steps.matmul(xp.asarray(g_kron)[None], flat.T[None], u[None])
+        self.steps.matmul(tiling.g_kron_on(xp)[None], flat.T[None], u[None])
         return u.astype(weight.dtype).reshape(ALPHA * ALPHA, out_channels, channels_per_group)
 
     def _products(self, xp, u, v, m):
@@ -487,7 +491,7 @@ class WinogradConv2dFunction(Function):
         grad_ut = xp.zeros((ALPHA * ALPHA, geo.groups, cg, og), dtype=x.dtype) if need_w else None
         grad_b = xp.zeros(geo.out_channels, dtype=x.dtype) if need_b else None
 
-        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize)):
+        for start, b in geo.chunks(tiling.bytes_per_image(x.dtype.itemsize), xp):
             dm = workspace.buffer(xp, "rows_by_pixels", (ALPHA * ALPHA, geo.out_channels, b * n_cols),
                                   x.dtype)
             steps.output_adjoint(grad_output[start:start + b],
@@ -522,7 +526,7 @@ class WinogradConv2dFunction(Function):
             r = geo.kernel_h
             grad_u = grad_ut.transpose(0, 1, 3, 2).reshape(ALPHA * ALPHA, geo.out_channels * cg)
             grad_w = xp.empty((geo.out_channels * cg, r * r), dtype=np.float64)
-            steps.matmul(grad_u.T.astype(np.float64)[None], xp.asarray(tiling.g_kron)[None],
+            steps.matmul(grad_u.T.astype(np.float64)[None], tiling.g_kron_on(xp)[None],
                          grad_w[None])
             grad_w = grad_w.astype(x.dtype).reshape(geo.out_channels, cg, r, r)
         return grad_x, grad_w, grad_b, None, None, None, None

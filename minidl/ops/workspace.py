@@ -38,6 +38,7 @@ _buffers = threading.local()
 _kept = {}  # device (None: the host) -> bytes kept there now
 _kept_lock = threading.Lock()
 _free_at_first_use = {}  # GPU id -> bytes free when its budgets were first asked for
+_constants = {}  # (array module, GPU id, name) -> a small constant copied to that device
 
 
 def _gpu(xp):
@@ -81,6 +82,17 @@ def buffer(xp, role, shape, dtype):
         flat = xp.empty(size, dtype=dtype)
         buffers[key] = flat
     return flat[:size].reshape(shape)
+
+
+def constant(xp, name, array):
+    """The small NumPy constant ``array`` as an array of ``xp``, copied to its device once:
+    a copy from the host at every call would make the GPU wait for it."""
+    if xp is np:
+        return array
+    key = (xp.__name__, _gpu(xp), name)
+    if key not in _constants:
+        _constants[key] = xp.asarray(array)
+    return _constants[key]
 
 
 def kept_bytes(xp=np):
