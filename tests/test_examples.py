@@ -287,6 +287,26 @@ def test_euronet_reads_the_rgb_release(euronet_example, tmp_path):
     assert_outputs(tmp_path / "out", ["checkpoint.npz", "curves.png", "filters_conv1.png"])
 
 
+def test_euronet_batch_norm_option(euronet_example, tmp_path, capsys):
+    """--batch-norm trains euronet(batch_norm=True): its running statistics are in the
+    checkpoint, and a resume without the option is refused, naming it."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "EuroSAT_RGB"
+    for c, name in enumerate(("Forest", "River")):
+        (data / name).mkdir(parents=True)
+        for k in range(1, 5):
+            pixels = np.clip(rng.normal(60 + 80 * c, 20, size=(64, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(data / name / f"{name}_{k}.jpg")
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--epochs", "1",
+            "--batch-size", "4", "--grad-cam-images", "1", "--workers", "0"]
+    euronet_example.main(args + ["--batch-norm"])
+    assert "recipe: batch norm after each convolution;" in capsys.readouterr().out
+    saved = checkpoint.load(tmp_path / "out" / "checkpoint.npz")["model"]
+    assert saved["bn1.running_mean"].shape == (28,) and np.any(saved["bn1.running_mean"] != 0)
+    with pytest.raises(SystemExit, match="batch_norm"):
+        euronet_example.main(args + ["--epochs", "2", "--resume"])
+
+
 def test_euronet_data_errors_name_the_folder(euronet_example, tmp_path):
     with pytest.raises(SystemExit, match="no such folder"):
         euronet_example.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
