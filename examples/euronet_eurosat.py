@@ -184,8 +184,10 @@ def train(args):
     print(f"columns: top1 = error of the highest output (chance {100 * (1 - 1 / len(classes)):.0f}%), "
           f"binary = error of the {len(classes)} yes/no outputs at 0.5 (1 - Keras's binary accuracy; "
           f"answering 'no' everywhere scores {100 / len(classes):.0f}%)")
-    recipe = {"model": "euronet", "batch_norm": args.batch_norm, "classes": list(classes), "bands": list(dataset.bands),
+    recipe = {"model": "euronet", "classes": list(classes), "bands": list(dataset.bands),
               "seed": args.seed, "scale": args.scale, "nonfinite": args.nonfinite}
+    if args.batch_norm:  # only then, so that runs from before the option resume as they were
+        recipe["batch_norm"] = True
     result = fit(trained, loss_fn, optimizer, train_loader, run.epochs, val_loader=test_loader,
                  scheduler=scheduler, device=run.device, out_dir=run.out, metrics=metrics,
                  predict=sigmoid_scores, monitor="val_loss", recipe=recipe, **common.fit_options(args))
