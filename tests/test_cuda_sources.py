@@ -95,17 +95,21 @@ def test_the_launcher_checks_every_argument_against_the_c_signature(tmp_path):
 
 
 def test_every_kernel_follows_the_house_convention():
-    """Every .cu file starts from common.cuh; every kernel takes its item count first and is
-    one FOR_EACH loop; kernel names carry the op's prefix."""
-    for path in CU_FILES:
+    """Every .cu file (ops/ and optim.cu) starts from common.cuh; every kernel takes its item
+    count first and is one FOR_EACH loop, and is launched by name from the .py file of the same
+    name beside it (the op's prefix: relu_, max_pool2d_, winograd_...), so none is dead or
+    lives away from its op."""
+    for path in CU_FILES + [os.path.join(os.path.dirname(OPS_DIR), "optim.cu")]:
         source = open(path).read()
         assert source.startswith('#include "common.cuh"'), path
         kernels = re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)\s*\{',
                              source)
         assert kernels, path
+        driver = open(path[:-len(".cu")] + ".py").read()
         for name, parameters in kernels:
             assert parameters.split(",")[0].split() == ["long", "long", "n"], (path, name)
             assert "FOR_EACH(" in source.split(name, 1)[1].split("extern", 1)[0], (path, name)
+            assert f'"{name}"' in driver, f"{name} of {path} is not launched from its .py file"
         assert "blockIdx.x * blockDim.x" not in source, f"{path} writes its own grid-stride loop"
 
 
