@@ -345,6 +345,10 @@ def run_backward(root, grad, retain_graph=False):
             if input_grad.shape != inp.shape:
                 raise RuntimeError(f"{function.name}.backward gave a gradient of shape "
                                    f"{input_grad.shape} for an input of shape {inp.shape}")
+            if input_grad.dtype != inp.data.dtype:
+                # Mixed precision (float32 + float64 computes in float64): each tensor's
+                # gradient has its own dtype, as in PyTorch.
+                input_grad = input_grad.astype(inp.data.dtype)
             if id(inp) in grads:
                 grads[id(inp)] = grads[id(inp)] + input_grad
             else:

@@ -204,3 +204,16 @@ def test_profile_times_each_op_forward_and_backward():
     assert prof.calls[("Mul", (3, 4), "backward")] == 1
     assert prof.calls[("Sum", (3, 4), "backward")] == 1
     assert all(seconds >= 0 for seconds in prof.seconds.values())
+
+
+def test_a_gradient_has_its_tensors_dtype_in_mixed_precision():
+    """float32 * float64 computes in float64; each input's gradient comes back in its own
+    dtype (as in PyTorch), the float32 one rounded from the float64 value."""
+    a = Tensor(np.array([1.5, -2.0], dtype=np.float32), requires_grad=True)
+    b = Tensor(np.array([0.1, 3.0], dtype=np.float64), requires_grad=True)
+    y = (a * b + a).sum()
+    assert y.data.dtype == np.float64
+    y.backward()
+    assert a.grad.data.dtype == np.float32 and b.grad.data.dtype == np.float64
+    np.testing.assert_array_equal(a.grad.data, (np.array([0.1, 3.0]) + 1).astype(np.float32))
+    np.testing.assert_array_equal(b.grad.data, [1.5, -2.0])
