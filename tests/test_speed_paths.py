@@ -191,3 +191,37 @@ def test_an_empty_batch_gives_zero_parameter_gradients(kernels, algorithm):
     assert kernels.numpy(xt.grad).shape == (0, 4, 7, 6)
     np.testing.assert_array_equal(kernels.numpy(wt.grad), np.zeros_like(w))
     np.testing.assert_array_equal(kernels.numpy(bt.grad), np.zeros_like(b))
+
+
+def test_fusion_rule_subclasses_and_hooks():
+    """A subclass of Conv2d or ReLU that keeps the base forward fuses; one that overrides
+    forward does not (its own code must run); a forward hook on either module stops the
+    fusion, and a hook that returns a value replaces the module's output."""
+    from minidl.layers import Conv2d, ReLU, Sequential
+
+    class NamedConv(Conv2d):
+        pass
+
+    class LeakyReLU(ReLU):
+        def forward(self, x):
+            return x * 0.5
+
+    def relu_ops(model, x):
+        with minidl.profile() as prof:
+            y = model(x)
+        return sum(1 for key in prof.seconds if key[0] == "ReLUFunction"), y
+
+    minidl.manual_seed(0)
+    x = minidl.Tensor(np.random.default_rng(1).standard_normal((1, 2, 5, 5)))
+    fused = Sequential(NamedConv(2, 3, 3, padding=1, dtype=np.float64), ReLU())
+    assert relu_ops(fused, x)[0] == 0
+    own_forward = Sequential(Conv2d(2, 3, 3, padding=1, dtype=np.float64), LeakyReLU())
+    _, y = relu_ops(own_forward, x)
+    np.testing.assert_allclose(y.data, 0.5 * own_forward[0](x).data)
+    calls = []
+    handle = fused[0].register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    count, _ = relu_ops(fused, x)
+    assert count == 1 and calls == [(1, 3, 5, 5)]  # unfused: the hook saw the conv's own output
+    handle.remove()
+    fused[1].register_forward_hook(lambda module, inputs, output: output * 0 - 1)
+    np.testing.assert_array_equal(fused(x).data, -np.ones((1, 3, 5, 5)))
