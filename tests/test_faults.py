@@ -305,6 +305,25 @@ def test_1_the_examples_refuse_a_folder_holding_a_run_before_reading_any_data(tm
     assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
+def test_1_resume_into_a_folder_with_only_best_npz_is_refused_and_keeps_it(tmp_path):
+    """A folder holding best.npz and metrics but no checkpoint.npz (the user deleted it, or
+    copied best.npz there) cannot be resumed; neither fit nor the example touches the files."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "best.npz").write_bytes(b"its best model")
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(runs.RunFolderError, match=r"already holds a run \(best.npz, metrics.jsonl\); "
+                                                   r"it holds no checkpoint.npz to resume from"):
+        train_run(out, 1, resume=True)
+    euronet = load_example("euronet_eurosat")
+    with pytest.raises(SystemExit, match=r"holds best.npz, metrics.jsonl but no checkpoint.npz to resume "
+                                         r"from; add --overwrite \(instead of --resume\)"):
+        euronet.main(["--out", str(out), "--resume", "--demo-dir", str(tmp_path / "demo")])
+    assert (out / "best.npz").read_bytes() == b"its best model"
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert not (tmp_path / "demo").exists()
+
+
 # == 2. NaN and divergence =========================================================================
 class ExplodeAfter:
     """A schedule that sets the learning rate to ``lr`` after ``epochs`` epochs (review 4.3)."""
