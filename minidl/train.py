@@ -135,6 +135,24 @@ def _images_to_device(images, device, dtype):
     return images
 
 
+def _refuse_bad_labels(labels, outputs):
+    """Called when a step's loss or gradient is not finite: an integer label outside the
+    outputs' classes is named, rather than reported as a divergence. (On a GPU the losses do
+    not read labels back, which would make every step wait for the device, so there a bad
+    label first shows as a NaN loss.) -100, the losses' default ignore_index, passes."""
+    labels = _as_raw(labels)
+    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and outputs.ndim >= 2):
+        return
+    classes = outputs.shape[1]
+    flat = labels.reshape(-1)
+    bad = np.flatnonzero(((flat < 0) & (flat != -100)) | (flat >= classes))
+    if bad.size:
+        raise ValueError(f"fit: the batch holds label {flat[bad[0]]} (at position {bad[0]}; "
+                         f"{bad.size} bad in all), but the model has {classes} outputs: labels "
+                         f"must be class indices 0..{classes - 1}; this, not a divergence, made "
+                         "the loss not finite")
+
+
 def _split_batch(batch, where):
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise TypeError(f"{where}: each batch must be a pair (images, labels), got a "
@@ -750,6 +768,7 @@ def _train_step(setup, batch, totals):
     loss.backward()
     loss_value, norm_squared = _loss_and_gradient_norm(loss, setup.parameters)
     if not (math.isfinite(loss_value) and math.isfinite(norm_squared)):
+        _refuse_bad_labels(labels, outputs)
         setup.optimizer.zero_grad()
         return loss_value, norm_squared
     setup.optimizer.step()
@@ -786,6 +805,8 @@ def _train_step_together(setup, images, labels, totals):
         with no_grad():
             scores = setup.predict(outputs.data)
             sums = [fn(scores, y) * n for _, fn in setup.metrics]
+        if not (math.isfinite(loss_value) and math.isfinite(norm_squared)):
+            _refuse_bad_labels(labels, outputs)
     finite = math.isfinite(loss_value) and math.isfinite(norm_squared)
     rows = distributed.allgather((loss_value * n, n, finite, setup.stop.signum, sums))
     setup.agreed_signum = next((row[3] for row in rows if row[3] is not None), None)

@@ -594,3 +594,25 @@ def test_a_run_checkpointed_on_the_gpu_resumes_on_the_cpu(tmp_path):
     for name, value in params_of(model).items():
         assert isinstance(value, np.ndarray)
         np.testing.assert_allclose(value, on_cpu[name], rtol=1e-6, atol=1e-9)
+
+
+def test_a_bad_label_that_makes_the_loss_nan_is_named_not_called_a_divergence():
+    """On a GPU the losses do not read labels back, so an out-of-range class index gives a NaN
+    loss there; fit then names the label instead of reporting a divergence. Here a loss that
+    behaves so on the CPU stands in for the GPU's."""
+    model, opt, _, _, _ = make_run()
+    x, y = blobs(n=16)
+    y[5] = 7  # 3 classes
+
+    def loss_without_label_checks(logits, labels):
+        loss = cross_entropy(logits, labels)
+        return loss * float("nan") if (labels >= 3).any() else loss
+
+    with pytest.raises(ValueError, match=r"fit: the batch holds label 7 \(at position 5; 1 bad in "
+                                         r"all\), but the model has 3 outputs"):
+        fit(model, loss_without_label_checks, opt, ArrayLoader(x, y, 8, shuffle=False), 1,
+            metrics=(top1,), progress=False)
+    y[5] = -100  # the losses' ignore_index passes, and the NaN is a divergence as before
+    with pytest.raises(minidl.train.DivergenceError):
+        fit(model, lambda logits, labels: cross_entropy(logits, labels) * float("nan"), opt,
+            ArrayLoader(x, y, 8, shuffle=False), 1, metrics=(top1,), progress=False)

@@ -33,7 +33,8 @@ rounding.
 Labels are checked (integers in [0, K) or ``ignore_index``) where they are: labels on the host
 before they are copied to the GPU, so nothing waits for the GPU to check them. Labels already
 on the GPU are not read back mid-step; a label out of range there gives a NaN loss for its row
-(and NaN gradients), never an out-of-bounds read. BCE targets likewise are checked to lie in
+(and NaN gradients), never an out-of-bounds read; ``fit``, which keeps the batch's labels on
+the host, then names the label. BCE targets likewise are checked to lie in
 [0, 1] on the host, and not when they arrive on the GPU.
 
 binary_cross_entropy_with_logits(logits, targets, weight, pos_weight) -- per element, with
