@@ -318,8 +318,9 @@ def self_test(file=None):
 
     The checks: CuPy imports and sees a device (``backend.cuda_status``); one ``.cu`` file
     compiles with NVRTC against the CUDA headers, and its kernel runs and gives the right
-    values; cuBLAS runs a 2-D and a strided-batched float32 product that match NumPy. A check
-    whose predecessor failed is reported as not run. ``benchmarks/gpu_check.sh`` runs this
+    values; cuBLAS runs a 2-D and a strided-batched float32 product that match NumPy. Without
+    a usable device the other checks are reported as not run; past that, each check runs even
+    if the one before it failed, so one run names everything that is missing. ``benchmarks/gpu_check.sh`` runs this
     first; so can a training script at start-up::
 
         python -c "import sys, minidl; sys.exit(0 if minidl.cuda.self_test() else 1)"
