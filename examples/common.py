@@ -92,10 +92,11 @@ class Example:
 
     def _end_one_of_many(self, end):
         """One process of many ends with ``end``: quietly where every rank ends the same way
-        (rank 0 tells), else naming this rank and stopping the whole job."""
+        (rank 0 tells), else -- an error this rank met alone, such as a data folder missing on
+        its machine -- naming this rank and stopping the whole job."""
         status = end.code if isinstance(end.code, int) else (0 if end.code is None else 1)
         text = None if isinstance(end.code, int) or end.code is None else str(end.code)
-        if distributed.is_raised_on_all_ranks(end) or status == 0:
+        if status == 0 or (distributed.is_raised_on_all_ranks(end) and distributed.ending_together()):
             if text and self.rank == 0:
                 print(text, file=sys.stderr, flush=True)
             raise SystemExit(status) from None

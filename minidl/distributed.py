@@ -79,6 +79,7 @@ from .layers import Dropout, Module
 from .tensor import Tensor, is_grad_enabled
 
 DEFAULT_TIMEOUT = 600.0   # seconds a rank waits for the others before it ends the job
+ENDING_GRACE = 30.0       # seconds ranks ending on a shared error wait to hear that all met it
 DEFAULT_BUCKET_MB = 25.0  # PyTorch's default too: large enough to fill the link, small enough to overlap
 # The environment variables by which launchers tell a process how many were started:
 # MPICH's and Intel's Hydra and Slurm's PMI-2 (PMI_SIZE), Open MPI, MVAPICH.
@@ -97,7 +98,8 @@ class PeerError(RuntimeError):
 
 def raised_on_all_ranks(error):
     """Mark ``error`` as raised by every rank at the same point; returns it. A marked error ends
-    each rank normally (rank 0 reports it); an unmarked one aborts the job."""
+    each rank normally (rank 0 reports it) once every rank has met it (``ending_together``);
+    an unmarked one, or a marked one that a rank meets alone, aborts the job."""
     error.raised_on_all_ranks = True
     return error
 
@@ -169,6 +171,7 @@ class _World:
             self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
             local.Free()
             self.watchdog = _Watchdog(self, timeout)
+            self.ending = comm.Dup()  # used only by ranks that are ending (ending_together)
             self.hosts = self.allgather((socket.gethostname(), os.getpid()), "the ranks' hosts")
 
     @contextlib.contextmanager
@@ -249,6 +252,21 @@ class _World:
             return
         with self.waiting(what):
             request.Wait()
+
+    def ending_together(self):
+        """Whether every rank calls this within the grace period (``ENDING_GRACE`` seconds, or a
+        quarter of the watchdog's limit if that is shorter). A barrier on a communicator of its
+        own, which running ranks never touch: a rank that meets an error alone finds out here,
+        instead of leaving the others to wait for the watchdog."""
+        if self.size == 1:
+            return True
+        grace = min(ENDING_GRACE, self.watchdog.timeout / 4)
+        request, deadline = self.ending.Ibarrier(), time.monotonic() + grace
+        while not request.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     # -- NCCL -----------------------------------------------------------------------------------
     def nccl_available(self):
@@ -439,13 +457,20 @@ def abort(status=1, message=None):
     _world().abort(status, message)
 
 
+def ending_together():
+    """For a rank ending on an error every rank should meet (the same options, the same data):
+    True if all ranks reach this call within a grace period, so each may end quietly; False if
+    this rank met it alone (then abort the job, naming it)."""
+    return _world().ending_together()
+
+
 def _install_excepthook():
     previous = sys.excepthook
 
     def hook(kind, error, tb):
         previous(kind, error, tb)
         world = _world()
-        if is_raised_on_all_ranks(error):
+        if is_raised_on_all_ranks(error) and world.ending_together():
             return  # every rank ends the same way: nothing to stop
         status = getattr(error, "exit_status", 1)
         world.abort(status, f"rank {world.rank} of {world.size} failed ({kind.__name__}: {error}); "

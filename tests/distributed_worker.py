@@ -10,6 +10,7 @@ dropout and random flips on, validated on a sharded loader; each writes its para
 hash of its parameters after every step, and the metrics ``fit`` logged to ``OUT``. Then: a
 resume from a stop inside an epoch; two models that differ; a NaN on one rank.
 ``raise``, ``kill``, ``hang``: rank 1 raises, is killed, or stops answering, after a first step.
+``raise-as-if-everywhere``: rank 1 alone raises an error marked as one every rank meets.
 """
 import json
 import os
@@ -160,6 +161,8 @@ def main_fault(kind):
         if step == 1 and distributed.rank() == 1:
             if kind == "raise":
                 raise RuntimeError("a planned failure of rank 1")
+            if kind == "raise-as-if-everywhere":
+                raise distributed.raised_on_all_ranks(FileNotFoundError("rank 1's data is missing"))
             if kind == "kill":
                 os.kill(os.getpid(), 9)
             time.sleep(3600)  # "hang": the watchdog of rank 0 must end the job

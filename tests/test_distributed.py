@@ -382,6 +382,19 @@ def test_a_rank_that_raises_ends_the_job_naming_it():
 
 
 @needs_mpi
+def test_an_error_meant_for_every_rank_met_by_one_alone_ends_the_job_naming_it():
+    """An error marked as one every rank meets (the same options, the same data) but met by
+    one rank alone -- its machine lacks the data folder -- ends the job after the grace period
+    (a quarter of the watchdog's 8 s here), naming the rank, instead of leaving the others to
+    wait for the watchdog."""
+    done, seconds = mpiexec([WORKER, "raise-as-if-everywhere"], timeout=120,
+                            env={**ENV, "MINIDL_DISTRIBUTED_TIMEOUT": "8"})
+    assert done.returncode == 1
+    assert "rank 1 of 2 failed (FileNotFoundError: rank 1's data is missing)" in done.stderr
+    assert "waited more than" not in done.stderr  # not the watchdog
+
+
+@needs_mpi
 def test_a_killed_rank_ends_the_job_and_its_pid_names_the_rank():
     done, seconds = mpiexec([WORKER, "kill"], timeout=120)
     assert done.returncode != 0 and seconds < 60
