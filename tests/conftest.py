@@ -87,3 +87,34 @@ def kernels(request):
 def _seed_minidl():
     minidl.manual_seed(0)
     yield
+
+
+def _torchvision_alexnet(num_classes):
+    """torchvision.models.alexnet's layout in plain torch.nn (torchvision itself need not be
+    installed): the names of its state dict are what minidl must map."""
+    from torch import nn
+    features = nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+    classifier = nn.Sequential(
+        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096),
+        nn.ReLU(), nn.Linear(4096, num_classes))
+
+    class AlexNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features, self.avgpool, self.classifier = features, nn.AdaptiveAvgPool2d((6, 6)), classifier
+
+        def forward(self, x):
+            return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+    return AlexNet()
+
+
+@pytest.fixture
+def torch_torchvision_alexnet():
+    """A builder of torchvision's AlexNet in plain torch.nn (skips the test without torch)."""
+    pytest.importorskip("torch")
+    return _torchvision_alexnet

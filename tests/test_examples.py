@@ -322,3 +322,45 @@ def test_euronet_default_demo_run(euronet_example, tmp_path, monkeypatch):
     result = euronet_example.main([])
     assert result["test"]["top1"] < 0.3, result["test"]  # chance: 0.9
     assert_outputs(tmp_path / "runs" / "euronet-demo", ["checkpoint.npz", "best.npz", "curves.png"])
+
+
+# -- pretrained torchvision weights ------------------------------------------------------------------
+def test_evaluate_pretrained_gives_pytorchs_predictions(tmp_path, torch_torchvision_alexnet):
+    """torchvision-layout weights saved by torch, evaluated by the example on a small folder:
+    the same top-1 predictions as PyTorch on images preprocessed by hand (Pillow's bilinear
+    resize of the shorter side to 256, the central 224 crop, ImageNet's mean and std)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    classes = ["n01440764", "n01443537", "n01484850"]
+    paths = []
+    for name in classes:
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for k in range(2):
+            size = (int(rng.integers(240, 320)), int(rng.integers(240, 320)))
+            path = tmp_path / "val" / name / f"{name}_{k}.JPEG"
+            Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+            paths.append(path)
+    torch.manual_seed(0)
+    theirs = torch_torchvision_alexnet(1000).eval()
+    torch.save(theirs.state_dict(), tmp_path / "alexnet.pth")
+
+    example = load_example("evaluate_pretrained")
+    result = example.main(["--weights", str(tmp_path / "alexnet.pth"), "--data", str(tmp_path / "val"),
+                           "--batch-size", "4", "--workers", "0"])
+
+    def by_hand(path):
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        scale = 256 / min(w, h)
+        image = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        left, top = (image.width - 224) // 2, (image.height - 224) // 2
+        x = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
+        return ((x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1).astype(np.float32)
+
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(np.stack([by_hand(p) for p in paths]))).numpy()
+    assert result["images"] == 6
+    assert result["predictions"] == list(expected.argmax(axis=1))
+    labels = np.repeat(np.arange(3), 2)
+    assert result["top1"] == pytest.approx(np.mean(expected.argmax(axis=1) != labels))

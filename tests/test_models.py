@@ -366,30 +366,6 @@ def test_fast_paths_give_the_plain_paths_gradients(name, monkeypatch):
 
 
 # -- the torchvision layout and PyTorch state dicts -------------------------------------------
-def _torch_torchvision_alexnet(num_classes):
-    """torchvision.models.alexnet's layout in plain torch.nn (torchvision itself need not be
-    installed): the names of its state dict are what minidl must map."""
-    from torch import nn
-    features = nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-    classifier = nn.Sequential(
-        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096),
-        nn.ReLU(), nn.Linear(4096, num_classes))
-
-    class AlexNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features, self.avgpool, self.classifier = features, nn.AdaptiveAvgPool2d((6, 6)), classifier
-
-        def forward(self, x):
-            return self.classifier(self.avgpool(self.features(x)).flatten(1))
-
-    return AlexNet()
-
-
 def test_torchvision_variant_structure():
     model = alexnet(variant="torchvision")
     assert model.num_parameters() == 61_100_840
@@ -401,10 +377,10 @@ def test_torchvision_variant_structure():
     assert model.input_shape == (3, 224, 224)
 
 
-def test_torchvision_state_dict_gives_pytorchs_logits(tmp_path):
+def test_torchvision_state_dict_gives_pytorchs_logits(tmp_path, torch_torchvision_alexnet):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    theirs = _torch_torchvision_alexnet(1000).eval()
+    theirs = torch_torchvision_alexnet(1000).eval()
     path = tmp_path / "alexnet.pth"
     torch.save(theirs.state_dict(), path)
     model = alexnet(variant="torchvision").eval()
