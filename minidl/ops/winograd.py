@@ -393,10 +393,6 @@ def _input_adjoint_cuda(dv, dx, tiling):
         tiling.m, tiling.tiles_h, tiling.tiles_w)
 
 
-def _matmul_cuda(a, b, out):
-    backend.array_module(a).matmul(a, b, out=out)  # one strided-batched cuBLAS call
-
-
 CPU_STEPS = SimpleNamespace(input_transform=_input_transform_cpu,
                             output_transform=_output_transform_cpu,
                             output_adjoint=_output_adjoint_cpu, input_adjoint=_input_adjoint_cpu,
@@ -404,7 +400,7 @@ CPU_STEPS = SimpleNamespace(input_transform=_input_transform_cpu,
 CUDA_STEPS = SimpleNamespace(input_transform=_input_transform_cuda,
                              output_transform=_output_transform_cuda,
                              output_adjoint=_output_adjoint_cuda, input_adjoint=_input_adjoint_cuda,
-                             matmul=_matmul_cuda)
+                             matmul=cuda.matmul_many)
 
 
 # -- the Function -----------------------------------------------------------------------------------
