@@ -208,15 +208,20 @@ def evaluate(model, loader, loss_fn=None, device="cpu", ten_crop=False, metrics=
                     crops = x.shape[1]
                     x = x.reshape((n * crops,) + tuple(x.shape[2:]))
                 outputs = model(Tensor(x))
+                loss = None
                 if loss_fn is not None:
                     xp = backend.array_module(y)
                     crop_labels = xp.repeat(y, crops, axis=0) if crops > 1 else y
-                    loss_sum += float(loss_fn(outputs, crop_labels).item()) * n
+                    loss = loss_fn(outputs, crop_labels).data
                 scores = predict(outputs.data)
                 if ten_crop:
                     scores = scores.reshape((n, crops) + tuple(scores.shape[1:])).mean(axis=1)
+                loss, scores = _to_host(loss, scores)  # one wait for the GPU per batch
+                if loss is not None:
+                    loss_sum += float(loss) * n
+                host_labels = backend.to_numpy(_as_raw(labels))
                 for name, fn in metric_fns:
-                    sums[name] += fn(scores, y) * n
+                    sums[name] += fn(scores, host_labels) * n
                 seen += n
                 bar.update()
     finally:
@@ -766,17 +771,18 @@ def _train_step(setup, batch, totals):
     loss = setup.loss_fn(outputs, y)
     setup.optimizer.zero_grad()
     loss.backward()
-    loss_value, norm_squared = _loss_and_gradient_norm(loss, setup.parameters)
+    with no_grad():
+        scores = setup.predict(outputs.data)
+    loss_value, norm_squared, scores = _step_numbers(loss, setup.parameters, scores)
     if not (math.isfinite(loss_value) and math.isfinite(norm_squared)):
         _refuse_bad_labels(labels, outputs)
         setup.optimizer.zero_grad()
         return loss_value, norm_squared
     setup.optimizer.step()
     n = int(y.shape[0])
-    with no_grad():
-        scores = setup.predict(outputs.data)
-        for name, fn in setup.metrics:
-            totals[name] += fn(scores, y) * n
+    host_labels = backend.to_numpy(_as_raw(labels))
+    for name, fn in setup.metrics:
+        totals[name] += fn(scores, host_labels) * n
     totals["loss"] += loss_value * n
     totals["seen"] += n
     return None
@@ -793,7 +799,7 @@ def _train_step_together(setup, images, labels, totals):
     sums = [0.0] * len(setup.metrics)
     if n == 0:
         setup.model.empty_step()
-        loss_value, norm_squared = 0.0, _loss_and_gradient_norm(None, setup.parameters)[1]
+        loss_value, norm_squared = 0.0, _step_numbers(None, setup.parameters)[1]
     else:
         x = Tensor(_images_to_device(images, setup.device, setup.dtype))
         y = backend.to_device(_as_raw(labels), setup.device)
@@ -801,10 +807,11 @@ def _train_step_together(setup, images, labels, totals):
         loss = setup.loss_fn(outputs, y)
         loss.backward()
         setup.model.synchronize()
-        loss_value, norm_squared = _loss_and_gradient_norm(loss, setup.parameters)
         with no_grad():
             scores = setup.predict(outputs.data)
-            sums = [fn(scores, y) * n for _, fn in setup.metrics]
+        loss_value, norm_squared, scores = _step_numbers(loss, setup.parameters, scores)
+        host_labels = backend.to_numpy(_as_raw(labels))
+        sums = [fn(scores, host_labels) * n for _, fn in setup.metrics]
         if not (math.isfinite(loss_value) and math.isfinite(norm_squared)):
             _refuse_bad_labels(labels, outputs)
     finite = math.isfinite(loss_value) and math.isfinite(norm_squared)
@@ -826,10 +833,12 @@ def _train_step_together(setup, images, labels, totals):
     return None
 
 
-def _loss_and_gradient_norm(loss, parameters):
-    """The loss and the squared norm of all gradients, read from the device in one transfer
-    (the loss had to be read anyway). A norm past the float range (about 1e19 in float32)
-    counts as infinite, which is divergence by any measure."""
+def _step_numbers(loss, parameters, scores=None):
+    """The loss, the squared norm of all gradients and the scores (for the metrics, which then
+    run on the host), read from the device in one transfer: the divergence guard needs the
+    first two before the update, and each further read would be another wait for the GPU. A
+    norm past the float range (about 1e19 in float32) counts as infinite, which is divergence
+    by any measure. ``loss`` None: a rank without a sample (loss 0)."""
     xp = backend.array_module(loss.data if loss is not None else parameters[0].data)
     norm_squared = None
     for p in parameters:
@@ -839,12 +848,29 @@ def _loss_and_gradient_norm(loss, parameters):
         flat = (g.data if isinstance(g, Tensor) else g).reshape(-1)
         term = xp.dot(flat, flat)
         norm_squared = term if norm_squared is None else norm_squared + term
-    if norm_squared is None:
-        return (0.0 if loss is None else float(loss.item())), 0.0
-    loss_data = xp.zeros(()) if loss is None else loss.data  # None: a rank without a sample
-    both = backend.to_numpy(xp.stack([xp.asarray(loss_data, dtype=np.float64).reshape(()),
-                                      xp.asarray(norm_squared, dtype=np.float64)]))
-    return float(both[0]), float(both[1])
+    loss_value, norm_squared, scores = _to_host(
+        xp.zeros(()) if loss is None else loss.data, norm_squared, scores)
+    return float(loss_value), (0.0 if norm_squared is None else float(norm_squared)), scores
+
+
+def _to_host(*arrays):
+    """The arrays (None passes through) as NumPy arrays of their shapes and dtypes, in one
+    transfer from the device: concatenated as float64, which holds float32 and float64 values
+    and integers below 2^53 exactly."""
+    present = [a for a in arrays if a is not None]
+    if not present or backend.array_module(present[0]) is np:
+        return arrays
+    xp = backend.array_module(present[0])
+    flat = backend.to_numpy(xp.concatenate([xp.asarray(a, dtype=np.float64).reshape(-1)
+                                            for a in present]))
+    result, at = [], 0
+    for a in arrays:
+        if a is None:
+            result.append(None)
+            continue
+        result.append(flat[at:at + a.size].reshape(a.shape).astype(a.dtype))
+        at += a.size
+    return result
 
 
 # -- non-finite values -------------------------------------------------------------------------------

@@ -206,3 +206,30 @@ def test_a_training_step_reads_nothing_back_from_the_device():
             opt.step()
         assert cuda_on_cpu.host_reads() == before
         assert np.isfinite(float(loss.data))
+
+
+def test_a_steps_numbers_come_back_from_the_device_in_one_transfer(monkeypatch):
+    """fit reads the loss, the gradient norm and the scores for the metrics (which then run on
+    the host) in one transfer per step, evaluate the loss and scores in one per batch: shapes,
+    dtypes and values come back intact, None passes through."""
+    from minidl import backend, train
+    from minidl.testing import cuda_on_cpu
+
+    transfers = []
+    to_numpy = backend.to_numpy
+    monkeypatch.setattr(backend, "to_numpy", lambda a: transfers.append(a.shape) or to_numpy(a))
+    rng = np.random.default_rng(0)
+    loss = np.float32(0.75).reshape(())
+    scores = rng.standard_normal((3, 4)).astype(np.float32)
+    counts = np.array([2**40 + 1, -3], dtype=np.int64)
+    with cuda_on_cpu.cuda_kernels_on_cpu():
+        on_device = [cuda_on_cpu.to_device(a) for a in (loss, scores, counts)]
+        before = cuda_on_cpu.host_reads()
+        back = train._to_host(on_device[0], None, on_device[1], on_device[2])
+        assert cuda_on_cpu.host_reads() == before and len(transfers) == 1
+    assert back[1] is None
+    for original, returned in zip((loss, scores, counts), (back[0], back[2], back[3])):
+        assert type(returned) is np.ndarray and returned.dtype == original.dtype
+        np.testing.assert_array_equal(returned, original)
+    assert train._to_host(loss, None) == (loss, None)  # host arrays: no transfer, as they are
+    assert len(transfers) == 1
