@@ -192,7 +192,7 @@ def evaluate(model, loader, loss_fn=None, device="cpu", ten_crop=False, metrics=
     bar = _progress_bar(progress, total=_safe_len(loader), desc="evaluate")
     try:
         with model.evaluating(), no_grad():
-            for batch in loader:
+            for batch, _ in _batches(loader, device, "evaluate"):
                 images, labels = _split_batch(batch, "evaluate")
                 n = int(np.shape(_as_raw(labels))[0])
                 if n == 0:
@@ -677,6 +677,62 @@ def _run(setup, resume):
             "monitor": setup.monitor, "step": run.step, "stopped_early": stopped_early}
 
 
+def _batches(loader, device, where):
+    """(batch, the loader's ``state_dict()`` right after drawing it, or None) for each batch
+    of ``loader``. On a GPU, with a loader whose batches depend on the epoch and position only
+    (``minidl.data.DataLoader``: drawing one batch early changes no random state), each
+    batch's images are copied to the device one step ahead (``_copied_ahead``)."""
+    def with_states():
+        for batch in loader:
+            yield batch, (loader.state_dict() if hasattr(loader, "state_dict") else None)
+
+    if device == "cuda" and _can_start_at_batch(loader):
+        return _copied_ahead(with_states(), where)
+    return with_states()
+
+
+def _copied_ahead(items, where):
+    """``items`` of (batch, state) with each batch's images already on the GPU: batch k+1's
+    are copied while step k runs, from page-locked host memory (the only memory a copy can
+    overlap computation from) on a stream of their own. Labels stay on the host: ``fit``
+    checks them there, the metrics run there and the losses copy them. The host waits for a
+    copy only when its batch is next, a step after it started."""
+    import cupy
+    import cupyx
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+
+    def start_copy(batch, state):
+        images, labels = _split_batch(batch, where)
+        images = _as_raw(images)
+        if not isinstance(images, np.ndarray):
+            return (images, labels), state, None, None
+        pinned = cupyx.empty_pinned(images.shape, images.dtype)
+        pinned[...] = images
+        with stream:
+            on_device = cupy.empty(images.shape, images.dtype)
+            on_device.set(pinned, stream=stream)
+            copied = stream.record()
+        # The device array comes from the side stream's pool; the step frees it after fit's
+        # read of the loss, when every kernel that used it has run.
+        return (on_device, labels), state, copied, pinned
+
+    def arrived(staged):
+        batch, state, copied, pinned = staged
+        if copied is not None:
+            copied.synchronize()  # the copy is done, so ``pinned`` may be dropped and reused
+        return batch, state
+
+    pending = None
+    for batch, state in items:
+        staged = start_copy(batch, state)
+        if pending is not None:
+            yield arrived(pending)
+        pending = staged
+    if pending is not None:
+        yield arrived(pending)
+
+
 def _can_start_at_batch(loader):
     """Does ``loader.set_epoch`` take ``batch=`` (start the epoch at that batch), as
     ``minidl.data.DataLoader``'s does?"""
@@ -706,14 +762,14 @@ def _train_epoch(setup, run):
     complete = True
     start = time.perf_counter()
     try:
-        for index, batch in enumerate(loader, start=first):
+        for index, (batch, state) in enumerate(_batches(loader, setup.device, "fit"), start=first):
             if index < skip:
                 continue  # already trained on before the stop this run resumes from
             if _stop_agreed(setup) or (setup.max_steps is not None and run.step >= setup.max_steps):
                 complete = False
                 break
             nonfinite = _train_step(setup, batch, totals)
-            totals["batches"] = _batches_consumed(loader, run.epoch, totals["batches"] + 1)
+            totals["batches"] = _batches_consumed(state, loader, run.epoch, totals["batches"] + 1)
             if nonfinite is None:
                 run.step += 1
                 setup.nonfinite_in_a_row = 0
@@ -741,11 +797,11 @@ def _train_epoch(setup, run):
     return totals, complete
 
 
-def _batches_consumed(loader, epoch, counted):
+def _batches_consumed(state, loader, epoch, counted):
     """Where the epoch stands, in the loader's batches: the loader's own count where its
-    ``state_dict()`` keeps one (``minidl.data.DataLoader`` yields nothing for a batch whose
-    every file was unreadable, yet that batch was used up), else the batches seen."""
-    state = loader.state_dict() if hasattr(loader, "state_dict") else None
+    ``state_dict()`` keeps one (``state``, taken when the batch was drawn: ``minidl.data.
+    DataLoader`` yields nothing for a batch whose every file was unreadable, yet that batch
+    was used up), else the batches seen."""
     if not (isinstance(state, dict) and isinstance(state.get("batch"), int) and "epoch" in state):
         return counted
     if state["epoch"] == epoch:
