@@ -243,8 +243,8 @@ class Example:
                                  "checkpoint's state with the rate divided by 10 (3 times at most)")
         parser.add_argument("--max-steps", type=int, default=None,
                             help="stop after this many SGD steps in all, for a quick look")
-        parser.add_argument("--workers", type=int, default=2,
-                            help="data-loading threads (default %(default)s)")
+        parser.add_argument("--workers", type=int, default=None,
+                            help="data-loading threads (default: one per core, at least 2, at most 8)")
         parser.add_argument("--seed", type=int, default=0,
                             help=f"seeds {seeded} (default %(default)s)")
         parser.add_argument("--grad-cam-images", type=int, default=3,
@@ -277,7 +277,8 @@ class Example:
         out = args.out or Path("runs") / (f"{self.run_name}-demo" if demo else self.run_name)
         for name, value, low in (("--batch-size", batch_size, 1), ("--epochs", epochs, 1),
                                  ("--lr-patience", lr_patience, 1), ("--lr-drops", lr_drops, 0),
-                                 ("--seed", args.seed, 0), ("--workers", args.workers, 0),
+                                 ("--seed", args.seed, 0),
+                                 ("--workers", 0 if args.workers is None else args.workers, 0),
                                  ("--grad-cam-images", args.grad_cam_images, 0),
                                  ("--max-steps", 1 if args.max_steps is None else args.max_steps, 1)):
             if value < low:

@@ -48,7 +48,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads decoding images (default: one per core, 2 to 8)")
     parser.add_argument("--show", type=int, default=5, help="print the predictions for this many images")
     args = parser.parse_args(argv)
 

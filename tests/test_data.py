@@ -460,3 +460,15 @@ def test_demo_default_root_from_environment(tmp_path, monkeypatch):
     assert root == tmp_path / "demo-eurosat" and len(data.EuroSAT(root)) == 2
     with pytest.raises(ValueError, match="make_demo_eurosat: unknown class"):
         data.make_demo_eurosat(tmp_path / "x", classes=("Desert",))
+
+
+def test_loader_threads_follow_the_cores(monkeypatch):
+    """By default one loader thread per core the process may use, at least 2, at most 8."""
+    from minidl.data import loader as loader_module
+
+    for cores, expected in ((1, 2), (2, 2), (6, 6), (16, 8)):
+        monkeypatch.setattr(loader_module.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert loader_module.default_workers() == expected
+        dataset = loader_module.ArrayDataset(np.zeros((4, 1, 2, 2), np.float32), [0, 1, 0, 1])
+        assert loader_module.DataLoader(dataset, 2).num_workers == expected
+        assert loader_module.DataLoader(dataset, 2, num_workers=0).num_workers == 0

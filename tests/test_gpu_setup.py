@@ -233,3 +233,66 @@ def test_a_steps_numbers_come_back_from_the_device_in_one_transfer(monkeypatch):
         np.testing.assert_array_equal(returned, original)
     assert train._to_host(loss, None) == (loss, None)  # host arrays: no transfer, as they are
     assert len(transfers) == 1
+
+
+def test_batches_travel_to_the_gpu_one_step_ahead_from_pinned_memory(monkeypatch):
+    """fit's input path on a GPU (a fake CuPy recording what happens, in order): batch k+1's
+    images are copied from page-locked memory on a side stream before batch k is handed to
+    the step; the host waits for a copy only when its batch is next; the labels and the
+    loader's position taken with each batch travel with it unchanged."""
+    import types
+    from minidl import train
+    from minidl.data import ArrayDataset, DataLoader
+
+    log = []
+
+    class Event:
+        def __init__(self, k):
+            self.k = k
+
+        def synchronize(self):
+            log.append(("wait", self.k))
+
+    class Stream:
+        copies = 0
+
+        def __init__(self, non_blocking=False):
+            assert non_blocking
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def record(self):
+            Stream.copies += 1
+            return Event(Stream.copies - 1)
+
+    class OnDevice(np.ndarray):
+        def set(self, host, stream=None):
+            assert isinstance(stream, Stream) and getattr(host, "pinned", False)
+            self[...] = host
+            log.append(("copy", Stream.copies))
+
+    def empty_pinned(shape, dtype):
+        array = np.empty(shape, dtype).view(type("Pinned", (np.ndarray,), {}))
+        array.pinned = True
+        return array
+
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=Stream),
+                                 empty=lambda shape, dtype: np.empty(shape, dtype).view(OnDevice))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=empty_pinned))
+    images = np.arange(5 * 2 * 3 * 3, dtype=np.float32).reshape(5, 2, 3, 3)
+    loader = DataLoader(ArrayDataset(images, [0, 1, 2, 0, 1]), 2, num_workers=0)
+    seen = []
+    for k, ((x, y), state) in enumerate(train._batches(loader, "cuda", "fit")):
+        log.append(("step", k))
+        assert isinstance(x, OnDevice) and isinstance(y, np.ndarray)
+        np.testing.assert_array_equal(x, images[2 * k:2 * k + 2])
+        seen.append((list(y), state["batch"]))
+    assert seen == [([0, 1], 1), ([2, 0], 2), ([1], 0)]  # the last: the next epoch's start
+    assert log == [("copy", 0), ("copy", 1), ("wait", 0), ("step", 0), ("copy", 2), ("wait", 1),
+                   ("step", 1), ("wait", 2), ("step", 2)]
+    assert [state for _, state in train._batches(loader, "cpu", "fit")][0]["batch"] == 1  # no copies

@@ -202,16 +202,16 @@ def split_stratified(labels, train_fraction=0.8, seed=0):
 
 
 def eurosat_splits(root, train_fraction=0.8, seed=0, augment=False, band_order="natural", bands=None,
-                   kind="auto", num_workers=2, stats_samples=None, scale=None, nonfinite="refuse"):
+                   kind="auto", num_workers=None, stats_samples=None, scale=None, nonfinite="refuse"):
     """EuroSAT train and test subsets, normalised per band with the training split's statistics.
 
     Returns ``(train, test, (mean, std))``. Every file is decoded once first (with
-    ``num_workers`` threads): unusable ones are named, counted (``train.dataset.summary()``)
-    and left out of both splits, so they never reach the statistics. ``augment`` adds random
-    horizontal and vertical flips to the training subset (overhead images have no preferred
-    orientation). ``stats_samples`` caps how many training images the mean/std are estimated
-    from (a seeded random choice); None uses them all. ``scale`` and ``nonfinite``: see
-    ``EuroSAT``.
+    ``num_workers`` threads; None: the DataLoader's default): unusable ones are named, counted
+    (``train.dataset.summary()``) and left out of both splits, so they never reach the
+    statistics. ``augment`` adds random horizontal and vertical flips to the training subset
+    (overhead images have no preferred orientation). ``stats_samples`` caps how many training
+    images the mean/std are estimated from (a seeded random choice); None uses them all.
+    ``scale`` and ``nonfinite``: see ``EuroSAT``.
     """
     dataset = EuroSAT(root, kind=kind, band_order=band_order, bands=bands, scale=scale, nonfinite=nonfinite)
     train_idx, test_idx = split_stratified(dataset.targets, train_fraction, seed)

@@ -22,6 +22,7 @@ still yields, so that every rank takes every step: an empty batch, images and la
 import collections
 import concurrent.futures
 import math
+import os
 
 import numpy as np
 
@@ -192,6 +193,14 @@ def _describe(dataset, index):
     return f"sample {index}"
 
 
+def default_workers():
+    """Loader threads by default: one per core this process may run on, at least 2 (a 2-core
+    machine decodes while it computes) and at most 8 (past that, Python's share of the work
+    -- handing out batches, stacking -- stops it scaling)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, max(2, cores))
+
+
 class DataLoader:
     """Iterate over ``dataset`` in batches of NumPy arrays ``(images, labels)``.
 
@@ -205,7 +214,9 @@ class DataLoader:
     * Randomness per sample (crops, flips, colour noise) comes from ``sample_rng(seed, epoch,
       index)``, so the batches do not depend on ``num_workers`` or thread timing.
     * ``num_workers`` threads decode, transform and stack batches in the background (Pillow
-      and NumPy release the GIL), each thread a whole batch at a time; ``prefetch_batches``
+      and NumPy release the GIL), each thread a whole batch at a time; by default (None) one
+      per core this process may use, at least 2 and at most 8 (``default_workers``), so a
+      machine with many cores keeps a GPU fed; ``prefetch_batches``
       batches beyond the one being consumed are in flight (at least ``num_workers`` in all),
       which bounds the memory held. ``num_workers=0`` does everything in the calling thread.
     * Resume: ``state_dict()`` -> {"seed", "epoch", "batch"} says which batch comes next;
@@ -221,8 +232,10 @@ class DataLoader:
     Not for two simultaneous iterations of the same loader.
     """
 
-    def __init__(self, dataset, batch_size, shuffle=False, seed=0, num_workers=2, drop_last=False,
+    def __init__(self, dataset, batch_size, shuffle=False, seed=0, num_workers=None, drop_last=False,
                  prefetch_batches=2, collate_fn=collate, num_replicas=1, rank=0):
+        if num_workers is None:
+            num_workers = default_workers()
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if int(num_workers) != num_workers or num_workers < 0:
