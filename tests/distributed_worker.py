@@ -11,6 +11,8 @@ hash of its parameters after every step, and the metrics ``fit`` logged to ``OUT
 resume from a stop inside an epoch; two models that differ; a NaN on one rank.
 ``raise``, ``kill``, ``hang``: rank 1 raises, is killed, or stops answering, after a first step.
 ``raise-as-if-everywhere``: rank 1 alone raises an error marked as one every rank meets.
+``resume FOLDER``: the two ranks resume a run that one process stopped in FOLDER, recording
+the warnings they got.
 """
 import json
 import os
@@ -174,5 +176,12 @@ if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None
     if scenario == "train":
         main_train(out)
+    elif scenario == "resume":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            resumed = train("euronet", out, resume=True)
+        save(os.path.join(out, f"resumed-rank{distributed.rank()}"), *resumed)
+        with open(os.path.join(out, f"warnings-rank{distributed.rank()}.json"), "w") as f:
+            json.dump([str(w.message) for w in caught], f)
     else:
         main_fault(scenario)

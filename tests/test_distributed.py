@@ -363,6 +363,30 @@ def test_a_stopped_two_rank_run_resumes_bitwise_and_on_one_process_to_rounding(t
 
 
 @needs_mpi
+def test_a_run_stopped_on_one_process_resumes_on_two_to_rounding(trained, tmp_path, monkeypatch):
+    """The other way round: one process stops after step 2 of epoch 1, two ranks finish the
+    run, rank 0 warned of the change, and end where the uninterrupted two-rank run ended."""
+    params_together, _ = load(trained, "euronet", 0)
+    folder = tmp_path / "run"
+    with _one_thread(monkeypatch):
+        worker.train("euronet", folder, max_steps=2)
+    done, _ = mpiexec([WORKER, "resume", str(folder)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(folder / "warnings-rank0.json") as f:
+        assert any("processes 1 -> 2" in message for message in json.load(f))
+    with open(folder / "warnings-rank1.json") as f:
+        assert json.load(f) == []  # rank 0 alone warns: every rank would say the same
+    resumed0, log0 = load(folder, "resumed", 0)
+    resumed1, log1 = load(folder, "resumed", 1)
+    assert log0["digests"] == log1["digests"]
+    assert len(log0["history"]) == worker.EPOCHS
+    scale = max(float(np.abs(v).max()) for v in params_together.values())
+    for key, value in params_together.items():
+        np.testing.assert_array_equal(resumed0[key], resumed1[key])
+        np.testing.assert_allclose(resumed0[key], value, rtol=0, atol=1e-6 * scale, err_msg=key)
+
+
+@needs_mpi
 def test_different_models_are_named_and_a_nan_on_one_rank_stops_every_rank(trained):
     for rank in (0, 1):
         with open(trained / f"faults-rank{rank}.json") as f:
