@@ -465,3 +465,29 @@ def test_the_example_under_mpiexec_prints_once_saves_once_on_sigterm_and_resumes
     assert done.stdout.count(f"resuming from {out / 'checkpoint.npz'}") == 1
     with open(out / "metrics.jsonl") as f:
         assert len([line for line in f if line.strip()]) == saved["run"]["epoch"] + 1
+
+
+@needs_mpi
+def test_the_alexnet_example_trains_on_an_imagenet_folder_under_mpiexec(tmp_path):
+    """``mpiexec -n 2 python examples/alexnet_imagenet.py --data DIR``: an ImageNet-layout folder
+    (here the demo's, written first by one process), one epoch, rank 0 alone printing and
+    writing, the ten-crop evaluation over the whole validation set."""
+    data = tmp_path / "data"
+    make = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "alexnet_imagenet.py"),
+                           "--demo-classes", "2", "--demo-per-class", "4", "--demo-val-per-class", "3",
+                           "--demo-dir", str(data), "--out", str(tmp_path / "first"), "--max-steps", "1",
+                           "--grad-cam-images", "0", "--workers", "0"],
+                          capture_output=True, text=True, timeout=240, env=ENV)
+    assert make.returncode == 0, make.stderr
+    out = tmp_path / "out"
+    done, _ = mpiexec([os.path.join(ROOT, "examples", "alexnet_imagenet.py"), "--data", str(data),
+                       "--batch-size", "4", "--epochs", "1", "--grad-cam-images", "1", "--workers", "0",
+                       "--out", str(out)], timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("processes: 2 (rank 0: PID")
+    assert done.stdout.count("epoch 1/1") == 1 and done.stdout.count("Total params") == 1
+    assert "evaluating the final model on 6 validation images, ten crops each" in done.stdout
+    assert done.stdout.count("ten-crop validation: loss") == 1
+    from minidl import checkpoint
+    assert checkpoint.load(out / "checkpoint.npz")["environment"]["processes"] == 2
+    assert len(list(out.glob("grad_cam_*.png"))) == 1
