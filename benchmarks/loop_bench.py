@@ -20,7 +20,6 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import minidl  # noqa: E402  -- first, as a training script does (see minidl.cpu.configure)
-import numpy as np  # noqa: E402
 
 from minidl import ops  # noqa: E402
 from minidl.data import DataLoader, ImageFolder, alexnet_train_transform, make_demo_imagenet  # noqa: E402

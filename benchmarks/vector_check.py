@@ -18,11 +18,10 @@ import tempfile
 os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="minidl-vector-check-")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import numpy as np  # noqa: E402
-
-import minidl  # noqa: E402
-from minidl import Tensor, ops, optim  # noqa: E402
+from minidl import Tensor, ops, optim  # noqa: E402  (minidl first: its settings precede NumPy's)
 from minidl.models import alexnet, euronet  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 WIDTHS = ("zmm", "ymm", "xmm")
 

@@ -118,3 +118,27 @@ def torch_torchvision_alexnet():
     """A builder of torchvision's AlexNet in plain torch.nn (skips the test without torch)."""
     pytest.importorskip("torch")
     return _torchvision_alexnet
+
+
+def _load_example(name):
+    """Import ``examples/<name>.py`` as running it would: with its folder on sys.path, for
+    ``import common``. A fresh module each time."""
+    import importlib.util
+    import os
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)``: an example script imported as a module (its ``main``, ...)."""
+    return _load_example

@@ -5,12 +5,10 @@ Each runs the example's ``main([...])`` in this process with a small demo, a few
 everything written under ``tmp_path`` (the demo images too, so no cache folder is touched). The
 full default runs -- what README's first command does -- are marked slow.
 """
-import importlib.util
 import json
 import math
 import os
 import re
-import sys
 import time
 
 import numpy as np
@@ -20,28 +18,14 @@ from PIL import Image
 from minidl import checkpoint
 from minidl.models import alexnet, euronet
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
-
-def load_example(name):
-    """Import an example as running it would: with its folder on sys.path, for ``import common``."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, EXAMPLES)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(EXAMPLES)
-    return module
-
 
 @pytest.fixture(scope="module")
-def alexnet_example():
+def alexnet_example(load_example):
     return load_example("alexnet_imagenet")
 
 
 @pytest.fixture(scope="module")
-def euronet_example():
+def euronet_example(load_example):
     return load_example("euronet_eurosat")
 
 
@@ -325,7 +309,7 @@ def test_euronet_default_demo_run(euronet_example, tmp_path, monkeypatch):
 
 
 # -- pretrained torchvision weights ------------------------------------------------------------------
-def test_evaluate_pretrained_gives_pytorchs_predictions(tmp_path, torch_torchvision_alexnet):
+def test_evaluate_pretrained_gives_pytorchs_predictions(tmp_path, torch_torchvision_alexnet, load_example):
     """torchvision-layout weights saved by torch, evaluated by the example on a small folder:
     the same top-1 predictions as PyTorch on images preprocessed by hand (Pillow's bilinear
     resize of the shorter side to 256, the central 224 crop, ImageNet's mean and std)."""

@@ -289,7 +289,7 @@ def test_1_a_second_run_in_a_folder_holding_a_run_is_refused_and_changes_nothing
         train_run(out, 2, resume=True, overwrite=True)
 
 
-def test_1_the_examples_refuse_a_folder_holding_a_run_before_reading_any_data(tmp_path, capsys):
+def test_1_the_examples_refuse_a_folder_holding_a_run_before_reading_any_data(tmp_path, capsys, load_example):
     euronet = load_example("euronet_eurosat")
     out = tmp_path / "out"
     out.mkdir()
@@ -305,7 +305,7 @@ def test_1_the_examples_refuse_a_folder_holding_a_run_before_reading_any_data(tm
     assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-def test_1_resume_into_a_folder_with_only_best_npz_is_refused_and_keeps_it(tmp_path):
+def test_1_resume_into_a_folder_with_only_best_npz_is_refused_and_keeps_it(tmp_path, load_example):
     """A folder holding best.npz and metrics but no checkpoint.npz (the user deleted it, or
     copied best.npz there) cannot be resumed; neither fit nor the example touches the files."""
     out = tmp_path / "out"
@@ -433,7 +433,7 @@ def test_2_reduce_lr_goes_back_to_the_last_checkpoint_with_a_tenth_of_the_rate(t
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy on overflow
-def test_2_the_euronet_example_ends_a_diverged_run_with_status_3_and_one_line(tmp_path, capsys):
+def test_2_the_euronet_example_ends_a_diverged_run_with_status_3_and_one_line(tmp_path, capsys, load_example):
     euronet = load_example("euronet_eurosat")
     with pytest.raises(SystemExit) as ended:
         euronet.main(EURONET_TINY + ["--demo-dir", str(tmp_path / "demo"), "--out", str(tmp_path / "out"),
@@ -728,7 +728,7 @@ def write_jpeg(path, seed=0, size=(300, 260)):
     Image.fromarray(pixels).save(path)
 
 
-def test_10_a_bad_first_image_of_a_class_is_passed_over_for_the_pictures(tmp_path):
+def test_10_a_bad_first_image_of_a_class_is_passed_over_for_the_pictures(tmp_path, load_example):
     alexnet = load_example("alexnet_imagenet")
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "a_text.jpg").write_text("not an image")
@@ -867,7 +867,7 @@ def test_12_a_full_disk_names_the_file_and_keeps_the_old_checkpoint(tmp_path, mo
     assert not (out / runs.LOCK_NAME).exists()
 
 
-def test_12_the_example_says_disk_full_in_one_line(tmp_path, monkeypatch, capsys):
+def test_12_the_example_says_disk_full_in_one_line(tmp_path, monkeypatch, capsys, load_example):
     euronet = load_example("euronet_eurosat")
 
     def disk_full(file, members):
@@ -890,7 +890,7 @@ def test_12_skipped_files_are_counted_and_an_emptied_class_is_named(tmp_path):
                                  "(2 cannot decode); classes left with no usable file: badonly")
 
 
-def test_12_an_unusable_out_is_one_line_and_debug_shows_the_traceback(tmp_path):
+def test_12_an_unusable_out_is_one_line_and_debug_shows_the_traceback(tmp_path, load_example):
     euronet = load_example("euronet_eurosat")
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SystemExit, match=r"^euronet_eurosat.py: error: output folder .*file exists and is not "
@@ -919,7 +919,7 @@ def test_13_versions_and_thread_settings_are_recorded_and_a_change_is_a_warning(
 
 
 # == found in review: the examples' options and pictures ===============================================
-def test_zero_batch_size_or_patience_is_refused_not_replaced_by_the_default(tmp_path):
+def test_zero_batch_size_or_patience_is_refused_not_replaced_by_the_default(tmp_path, load_example):
     alexnet = load_example("alexnet_imagenet")
     for option, text in (("--batch-size", "--batch-size must be at least 1, got 0"),
                          ("--lr-patience", "--lr-patience must be at least 1, got 0")):
@@ -932,7 +932,7 @@ def test_zero_batch_size_or_patience_is_refused_not_replaced_by_the_default(tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_grad_cam_predicts_in_eval_mode(tmp_path):
+def test_grad_cam_predicts_in_eval_mode(tmp_path, load_example):
     common = load_example("common")
     from minidl.models import euronet
     minidl.manual_seed(0)
@@ -949,19 +949,6 @@ def test_grad_cam_predicts_in_eval_mode(tmp_path):
 
 # -- examples ----------------------------------------------------------------------------------------
 EURONET_TINY = ["--demo-per-class", "3", "--batch-size", "8", "--grad-cam-images", "1", "--workers", "0"]
-
-
-def load_example(name):
-    """Import an example (or its ``common``) as running it would, its folder on sys.path."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"faults_example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, EXAMPLES)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(EXAMPLES)
-    return module
 
 
 if __name__ == "__main__":

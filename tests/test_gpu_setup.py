@@ -145,7 +145,7 @@ def test_a_broken_cupy_skips_with_its_error_and_fails_when_a_gpu_is_required(tmp
     failed = _run_gpu_test(tmp_path, broken, require=True)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "1 error" in failed.stdout
-    assert f"MINIDL_REQUIRE_GPU is set but no GPU is usable: CuPy ? cannot use the GPU" in failed.stdout
+    assert "MINIDL_REQUIRE_GPU is set but no GPU is usable: CuPy ? cannot use the GPU" in failed.stdout
 
 
 def test_allow_tf32_sets_cupys_compute_type(monkeypatch):
