@@ -317,6 +317,7 @@ def test_dilation_and_padding_options(kernels, config):
     assert minidl.gradcheck(lambda *ts: conv2d(*ts, **options), tensors)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # PyTorch's own
 @pytest.mark.parametrize("config", OPTION_CONFIGS, ids=OPTION_IDS)
 def test_dilation_and_padding_options_match_torch(config):
     torch = pytest.importorskip("torch")
