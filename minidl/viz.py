@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from . import backend
+from .checkpoint import write_atomically
 from .models.summary import capture, forward_with
 from .tensor import Tensor, is_grad_enabled, no_grad
 
@@ -268,13 +269,12 @@ def overlay_heatmap(image, heat, alpha=0.5, bands=None):
 
 # -- saving --------------------------------------------------------------------------------------
 def save_image(image, path):
-    """Write a PIL image (or anything ``to_display_image`` takes) as a PNG; returns the path."""
+    """Write a PIL image (or anything ``to_display_image`` takes) as a PNG; returns the path.
+    Written to a temporary file and renamed over ``path``: a picture of an earlier run is
+    replaced whole or kept, never left half-written."""
     if not isinstance(image, Image.Image):
         image = to_display_image(image)
-    directory = os.path.dirname(os.fspath(path))
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    image.save(path, format="PNG")
+    write_atomically(path, lambda f: image.save(f, format="PNG"))
     return path
 
 

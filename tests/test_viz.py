@@ -296,3 +296,23 @@ def test_alexnet_on_the_gpu_matches_the_cpu(model):
     np.testing.assert_allclose(viz.grad_cam(gpu, x, 5), heat_cpu, atol=1e-3)
     assert summary(gpu, (3, 227, 227), print_table=False).row("pool5")[2] == (256, 6, 6)
     model.train()
+
+
+def test_save_image_replaces_a_picture_whole_or_keeps_it(tmp_path, monkeypatch):
+    """A write that fails half-way (a full disk, a kill) leaves the earlier picture as it was
+    and no temporary behind."""
+    from minidl import checkpoint
+
+    path = tmp_path / "pictures" / "filters.png"
+    viz.save_image(np.zeros((4, 4)), path)
+    before = path.read_bytes()
+
+    def half_written(self, f, format=None):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_written)
+    with pytest.raises(checkpoint.SaveError, match="No space left on device"):
+        viz.save_image(np.ones((4, 4)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["filters.png"]
