@@ -211,8 +211,9 @@ class Example:
 
     def add_run_options(self, parser, evaluated, seeded, demo_files, demo_folder):
         """--device, --out, --resume or --overwrite, --accept-changed-options, --on-nonfinite,
-        --max-steps, --workers, --seed, --grad-cam-images, --debug, and a group for the demo's
-        data holding --demo-dir, returned for the example's own demo options.
+        --max-steps, --checkpoint-every, --workers, --seed, --grad-cam-images, --debug, and a
+        group for the demo's data holding --demo-dir, returned for the example's own demo
+        options.
 
         ``evaluated`` names the images the run is evaluated on ("test images"), ``seeded`` what
         the seed decides, ``demo_files`` what the demo set is made of ("GeoTIFFs") and
@@ -243,6 +244,10 @@ class Example:
                                  "checkpoint's state with the rate divided by 10 (3 times at most)")
         parser.add_argument("--max-steps", type=int, default=None,
                             help="stop after this many SGD steps in all, for a quick look")
+        parser.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                            help="also write checkpoint.npz inside an epoch every STEPS SGD steps, "
+                                 "so a crash loses at most that many (default: at each epoch's end "
+                                 "and at a stop only)")
         parser.add_argument("--workers", type=int, default=None,
                             help="data-loading threads (default: one per core, at least 2, at most 8)")
         parser.add_argument("--seed", type=int, default=0,
@@ -280,7 +285,9 @@ class Example:
                                  ("--seed", args.seed, 0),
                                  ("--workers", 0 if args.workers is None else args.workers, 0),
                                  ("--grad-cam-images", args.grad_cam_images, 0),
-                                 ("--max-steps", 1 if args.max_steps is None else args.max_steps, 1)):
+                                 ("--max-steps", 1 if args.max_steps is None else args.max_steps, 1),
+                                 ("--checkpoint-every",
+                                  1 if args.checkpoint_every is None else args.checkpoint_every, 1)):
             if value < low:
                 self.fail(f"{name} must be at least {low}, got {value}")
         for name, value in (("--lr", args.lr), ("--momentum", args.momentum),
@@ -320,7 +327,8 @@ def fit_options(args):
     """The keyword arguments of ``fit`` that come straight from the run options."""
     return dict(resume=args.resume, overwrite=args.overwrite,
                 accept_changed_recipe=args.accept_changed_options,
-                on_nonfinite=args.on_nonfinite.replace("-", "_"), max_steps=args.max_steps)
+                on_nonfinite=args.on_nonfinite.replace("-", "_"), max_steps=args.max_steps,
+                checkpoint_every=args.checkpoint_every)
 
 
 def resume_command(prog, argv, processes=1):

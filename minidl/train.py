@@ -279,6 +279,7 @@ class _Setup:
     world: int = 1            # processes training together (minidl.distributed)
     root: bool = True         # rank 0: prints, holds the folder, writes the files
     agreed_signum: Optional[int] = None       # a signal some rank got, once all ranks know it
+    checkpoint_every: Optional[int] = None    # steps between checkpoints inside an epoch
 
     @property
     def metric_names(self):
@@ -544,7 +545,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         device="cpu", out_dir=None, resume=False, max_steps=None, early_stopping_patience=None,
         metrics=(top1, top5), predict=softmax_scores, progress=True, val_ten_crop=False, monitor=None,
         generators=(), overwrite=False, recipe=None, accept_changed_recipe=False,
-        on_nonfinite="stop", handle_signals=True):
+        on_nonfinite="stop", handle_signals=True, checkpoint_every=None):
     """Train ``model`` and return ``{"history", "best_epoch", "best", "monitor", "step",
     "stopped_early"}``.
 
@@ -570,7 +571,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     ``set_epoch(epoch, batch=k)`` where the loader offers it (``minidl.data.DataLoader``),
     else by iterating the loader up to that point (so its order must depend on the epoch only).
     SIGINT and SIGTERM stop the same way and then raise ``TrainingInterrupted``
-    (``handle_signals=False`` leaves the handlers alone).
+    (``handle_signals=False`` leaves the handlers alone). ``checkpoint_every=n`` also writes
+    checkpoint.npz inside an epoch every ``n`` optimiser steps, so a crash or ``kill -9``
+    loses at most ``n`` steps: a resume from it goes on bitwise as from a stop.
 
     ``on_nonfinite``: ``"stop"``, ``"skip"`` or ``"reduce_lr"`` (module docstring).
 
@@ -582,6 +585,9 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
     ``progress``: a tqdm bar (only when stderr is a terminal) and a summary line per epoch.
     """
     _check_counts(epochs, max_steps, early_stopping_patience)
+    if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
+        raise ValueError(f"fit: checkpoint_every must be a positive number of steps or None, "
+                         f"got {checkpoint_every!r}")
     if on_nonfinite not in NONFINITE_CHOICES:
         raise ValueError(f"fit: on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
     if resume and overwrite:
@@ -605,7 +611,7 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
         recipe=runs.make_recipe(optimizer, scheduler, train_loader, recipe),
         recipe_keys={"optimizer", "scheduler", "batch_size"} | {str(key) for key in (recipe or {})},
         accept_changed_recipe=accept_changed_recipe, on_nonfinite=on_nonfinite,
-        state_model=state_model, world=world, root=root)
+        state_model=state_model, world=world, root=root, checkpoint_every=checkpoint_every)
     folder = None
     if out_dir is not None:  # rank 0 holds the folder; the others learn whether it could
         folder = distributed.on_root(lambda: runs.claim(out_dir, resume=bool(resume), overwrite=overwrite),
@@ -773,6 +779,9 @@ def _train_epoch(setup, run):
             if nonfinite is None:
                 run.step += 1
                 setup.nonfinite_in_a_row = 0
+                if (setup.checkpoint_every and setup.files and run.step % setup.checkpoint_every == 0
+                        and totals["batches"] < setup.batches_per_epoch):
+                    _save_within_epoch(setup, run, totals, time.perf_counter() - start)
             elif nonfinite is _NO_SAMPLES:
                 pass  # every file of the batch, on every rank, was unreadable
             else:
@@ -795,6 +804,24 @@ def _train_epoch(setup, run):
         raise distributed.raised_on_all_ranks(
             ValueError(f"fit: the train loader yielded no batches in epoch {run.epoch + 1}"))
     return totals, complete
+
+
+def _save_within_epoch(setup, run, totals, seconds):
+    """checkpoint.npz as a stop after this step would write it (the epoch's sums so far, the
+    random-number states now), and the epoch goes on: ``checkpoint_every``. No line in
+    metrics.jsonl, which holds finished epochs (and stops)."""
+    model_state = setup.model.state_dict()
+    if not _finite_state(model_state):
+        return  # never saved; the epoch's end stops the run, naming the last good checkpoint
+    run.partial = dict(totals, seconds=totals["seconds"] + seconds)
+    try:
+        state = _capture(setup, run, minidl_random.capture_state(setup.generators), model_state,
+                         run.epoch)
+    finally:
+        run.partial = None
+    distributed.on_root(lambda: checkpoint.save(setup.files["checkpoint.npz"], **state),
+                        what="writing checkpoint.npz")
+    setup.last_checkpoint = (setup.files["checkpoint.npz"], run.epoch, run.step)
 
 
 def _batches_consumed(state, loader, epoch, counted):

@@ -616,3 +616,46 @@ def test_a_bad_label_that_makes_the_loss_nan_is_named_not_called_a_divergence():
     with pytest.raises(minidl.train.DivergenceError):
         fit(model, lambda logits, labels: cross_entropy(logits, labels) * float("nan"), opt,
             ArrayLoader(x, y, 8, shuffle=False), 1, metrics=(top1,), progress=False)
+
+
+class CrashingLoader(ArrayLoader):
+    """An ArrayLoader whose process dies (as by kill -9: nothing saved on the way out) when it
+    reaches batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, *args, crash_at=(1, 5), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+
+    def __iter__(self):
+        for index, batch in enumerate(super().__iter__()):
+            if (self.epoch, index) == self.crash_at:
+                raise SystemError("the machine went down")
+            yield batch
+
+
+def test_checkpoint_every_saves_inside_an_epoch_and_a_crash_loses_only_the_steps_since(tmp_path):
+    """checkpoint_every=4: checkpoint.npz after steps 4 and 12 inside epochs, besides the
+    epochs' ends; a crash at step 14 (epoch 2, batch 6) resumes from step 12 and ends bitwise
+    where the uninterrupted run does, with no partial line left in metrics.jsonl."""
+    model, opt, sched, train, val = make_run()
+    full = fit(model, cross_entropy, opt, train, 3, val_loader=val, scheduler=sched, progress=False)
+    uninterrupted = params_of(model)
+
+    model, opt, sched, train, val = make_run()
+    crashing = CrashingLoader(train.x, train.y, batch_size=8, crash_at=(1, 6))
+    with pytest.raises(SystemError):
+        fit(model, cross_entropy, opt, crashing, 3, val_loader=val, scheduler=sched,
+            out_dir=tmp_path / "run", checkpoint_every=4, progress=False)
+    saved = checkpoint.load(tmp_path / "run" / "checkpoint.npz")
+    assert saved["run"]["step"] == 12 and saved["run"]["epoch"] == 1
+    assert saved["run"]["partial"]["batches"] == 4
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]  # the periodic save logs nothing
+
+    model, opt, sched, train, val = make_run(seed=5)
+    resumed = fit(model, cross_entropy, opt, train, 3, val_loader=val, scheduler=sched,
+                  out_dir=tmp_path / "run", resume=True, progress=False)
+    assert_bitwise_equal(params_of(model), uninterrupted)
+    assert without_timing(resumed["history"]) == without_timing(full["history"])
+    with pytest.raises(ValueError, match="checkpoint_every must be a positive number of steps"):
+        fit(model, cross_entropy, opt, train, 1, checkpoint_every=0, progress=False)
