@@ -309,7 +309,15 @@ class _Run:
             setattr(self, name, state[name])
 
 
-def _check_counts(epochs, max_steps, early_stopping_patience):
+def _check_options(epochs, max_steps, early_stopping_patience, checkpoint_every, on_nonfinite,
+                   resume, overwrite):
+    if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
+        raise ValueError(f"fit: checkpoint_every must be a positive number of steps or None, "
+                         f"got {checkpoint_every!r}")
+    if on_nonfinite not in NONFINITE_CHOICES:
+        raise ValueError(f"fit: on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
+    if resume and overwrite:
+        raise ValueError("fit: resume and overwrite exclude each other (continue a run, or replace it)")
     if int(epochs) != epochs or epochs < 0:
         raise ValueError(f"fit: epochs must be an integer >= 0, got {epochs!r}")
     if max_steps is not None and (int(max_steps) != max_steps or max_steps < 1):
@@ -584,14 +592,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs, val_loader=None, schedu
 
     ``progress``: a tqdm bar (only when stderr is a terminal) and a summary line per epoch.
     """
-    _check_counts(epochs, max_steps, early_stopping_patience)
-    if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
-        raise ValueError(f"fit: checkpoint_every must be a positive number of steps or None, "
-                         f"got {checkpoint_every!r}")
-    if on_nonfinite not in NONFINITE_CHOICES:
-        raise ValueError(f"fit: on_nonfinite must be one of {NONFINITE_CHOICES}, got {on_nonfinite!r}")
-    if resume and overwrite:
-        raise ValueError("fit: resume and overwrite exclude each other (continue a run, or replace it)")
+    _check_options(epochs, max_steps, early_stopping_patience, checkpoint_every, on_nonfinite,
+                   resume, overwrite)
     batches_per_epoch = _batches_per_epoch(train_loader)
     world, root, state_model = _processes(model, train_loader)
     device = backend.normalize_device(device)
