@@ -35,9 +35,14 @@ def test_every_op_with_cuda_kernels_has_its_cu_file_beside_it():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cu_path", CU_FILES, ids=os.path.basename)
 def test_cuda_source_compiles_under_nvrtc(cu_path, dtype):
+    """Every kernel is in the PTX; none spills an array to local memory (a table or a tile
+    indexed at run time: slow, and easy to miss); float32 code never computes in double."""
     ptx = nvrtc.compile_file(cu_path, dtype)
     for name in re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)', open(cu_path).read()):
         assert f".entry {name}(" in ptx, f"kernel {name} missing from the PTX of {cu_path}"
+    assert ".local" not in ptx, f"{os.path.basename(cu_path)} keeps an array in local memory"
+    if dtype == np.float32:
+        assert ".f64" not in ptx, f"the float32 {os.path.basename(cu_path)} computes in double"
 
 
 @needs_nvrtc

@@ -27,11 +27,13 @@ __device__ __forceinline__ void bt_combine(const real_t* a, real_t* out) {
     out[5] = (real_t)4 * a[1] - (real_t)5 * a[3] + a[5];
 }
 
-// out = A^T e for one column e of six: m outputs.
-__device__ __forceinline__ void at_combine(const real_t* e, int m, real_t* out) {
+// out = A^T e for one column e of six: M outputs. M (4 or 2) is a template argument, so the
+// per-tile arrays of the kernels below have fixed sizes and live in registers.
+template <int M>
+__device__ __forceinline__ void at_combine(const real_t* e, real_t* out) {
     const real_t plus = e[1] + e[2], minus = e[1] - e[2];
     out[0] = e[0] + plus + (e[3] + e[4]);
-    if (m == 4) {
+    if (M == 4) {
         out[1] = minus + (real_t)2 * (e[3] - e[4]);
         out[2] = plus + (real_t)4 * (e[3] + e[4]);
         out[3] = minus + (real_t)8 * (e[3] - e[4]) + e[5];
@@ -40,9 +42,10 @@ __device__ __forceinline__ void at_combine(const real_t* e, int m, real_t* out) 
     }
 }
 
-// out = A g for the m values of g: six outputs.
-__device__ __forceinline__ void a_combine(const real_t* g, int m, real_t* out) {
-    if (m == 4) {
+// out = A g for the M values of g: six outputs.
+template <int M>
+__device__ __forceinline__ void a_combine(const real_t* g, real_t* out) {
+    if (M == 4) {
         out[0] = g[0];
         out[1] = g[0] + g[1] + g[2] + g[3];
         out[2] = g[0] - g[1] + g[2] - g[3];
@@ -59,11 +62,15 @@ __device__ __forceinline__ void a_combine(const real_t* g, int m, real_t* out) {
     }
 }
 
+// B^T as a table in constant memory (the adjoint indexes it by a pixel's place in a tile, known
+// only at run time; a table in the function would be rebuilt in local memory at every call).
+__constant__ signed char WINOGRAD_BT[6][6] = {
+    {4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+    {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+
 // B[k][i] = B^T[i][k]: the weight of transformed entry i in tile position k (for the adjoint).
 __device__ __forceinline__ real_t b_entry(int k, int i) {
-    const signed char bt[6][6] = {{4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                                  {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-    return (real_t)bt[i][k];
+    return (real_t)WINOGRAD_BT[i][k];
 }
 
 // Where item i of a per-tile kernel lies: the tile (channel, image, th, tw) in the layout
@@ -122,32 +129,46 @@ extern "C" __global__ void winograd_input_transform(
 // e[p, q] = mm[(p, q), o, (b, th, tw)]; the parts of the block past OH or OW are not written.
 // One thread owns one output tile (o, b, th, tw); n = O * B * T tiles, the stride between the
 // 36 planes of mm.
+template <int M>
+__device__ __forceinline__ void output_tile(long long i, long long n, const real_t* __restrict__ mm,
+                                            const real_t* __restrict__ bias, real_t* __restrict__ y,
+                                            long long batch, int out_channels, int out_h, int out_w,
+                                            int tiles_h, int tiles_w, int has_bias, int relu) {
+    const Tile t = locate_tile(i, batch, M, tiles_h, tiles_w);
+    real_t s[6][M];  // s[q] = A^T e[:, q]: column q of the tile, combined
+    for (int q = 0; q < 6; ++q) {
+        real_t column[6];
+        for (int p = 0; p < 6; ++p) {
+            column[p] = mm[(6 * p + q) * n + i];
+        }
+        at_combine<M>(column, s[q]);
+    }
+    real_t* plane = y + (t.image * out_channels + t.channel) * out_h * out_w;
+    for (int a = 0; a < M; ++a) {
+        const real_t row[6] = {s[0][a], s[1][a], s[2][a], s[3][a], s[4][a], s[5][a]};
+        real_t out[M];
+        at_combine<M>(row, out);
+        for (int c = 0; c < M; ++c) {
+            const int h = t.top + a, w = t.left + c;
+            if (h >= out_h || w >= out_w) continue;
+            real_t value = out[c] + (has_bias ? bias[t.channel] : (real_t)0);
+            if (relu && value < (real_t)0) value = (real_t)0;
+            plane[h * out_w + w] = value;
+        }
+    }
+}
+
 extern "C" __global__ void winograd_output_transform(
         long long n, const real_t* __restrict__ mm, const real_t* __restrict__ bias,
         real_t* __restrict__ y, long long batch, int out_channels, int out_h, int out_w, int m,
         int tiles_h, int tiles_w, int has_bias, int relu) {
     FOR_EACH(i, n) {
-        const Tile t = locate_tile(i, batch, m, tiles_h, tiles_w);
-        real_t s[6][4];  // s[q] = A^T e[:, q]: column q of the tile, combined
-        for (int q = 0; q < 6; ++q) {
-            real_t column[6];
-            for (int p = 0; p < 6; ++p) {
-                column[p] = mm[(6 * p + q) * n + i];
-            }
-            at_combine(column, m, s[q]);
-        }
-        real_t* plane = y + (t.image * out_channels + t.channel) * out_h * out_w;
-        for (int a = 0; a < m; ++a) {
-            const real_t row[6] = {s[0][a], s[1][a], s[2][a], s[3][a], s[4][a], s[5][a]};
-            real_t out[4];
-            at_combine(row, m, out);
-            for (int c = 0; c < m; ++c) {
-                const int h = t.top + a, w = t.left + c;
-                if (h >= out_h || w >= out_w) continue;
-                real_t value = out[c] + (has_bias ? bias[t.channel] : (real_t)0);
-                if (relu && value < (real_t)0) value = (real_t)0;
-                plane[h * out_w + w] = value;
-            }
+        if (m == 4) {
+            output_tile<4>(i, n, mm, bias, y, batch, out_channels, out_h, out_w, tiles_h, tiles_w,
+                           has_bias, relu);
+        } else {
+            output_tile<2>(i, n, mm, bias, y, batch, out_channels, out_h, out_w, tiles_h, tiles_w,
+                           has_bias, relu);
         }
     }
 }
@@ -155,37 +176,53 @@ extern "C" __global__ void winograd_output_transform(
 // The adjoint of the output transform: dm[(p, q), o, (b, th, tw)] = (A g A^T)[p, q] for the
 // tile's m x m gradient block g (0 past OH or OW; times y > 0 if the ReLU was fused). One
 // thread owns one output tile (o, b, th, tw); n = O * B * T.
+template <int M>
+__device__ __forceinline__ void output_adjoint_tile(long long i, long long n,
+                                                    const real_t* __restrict__ grad,
+                                                    const real_t* __restrict__ y,
+                                                    real_t* __restrict__ dm, long long batch,
+                                                    int out_channels, int out_h, int out_w,
+                                                    int tiles_h, int tiles_w, int relu) {
+    const Tile t = locate_tile(i, batch, M, tiles_h, tiles_w);
+    const long long plane = (t.image * out_channels + t.channel) * out_h * out_w;
+    real_t r[M][6];  // r[c] = A g[:, c]: column c of the block, combined
+    for (int c = 0; c < M; ++c) {
+        real_t column[M];
+        for (int a = 0; a < M; ++a) {
+            const int h = t.top + a, w = t.left + c;
+            real_t value = (real_t)0;
+            if (h < out_h && w < out_w) {
+                value = grad[plane + h * out_w + w];
+                if (relu) value *= (y[plane + h * out_w + w] > (real_t)0) ? (real_t)1 : (real_t)0;
+            }
+            column[a] = value;
+        }
+        a_combine<M>(column, r[c]);
+    }
+    for (int p = 0; p < 6; ++p) {  // dm row p = A (row p of r)
+        real_t row[M];
+        for (int c = 0; c < M; ++c) {
+            row[c] = r[c][p];
+        }
+        real_t out[6];
+        a_combine<M>(row, out);
+        for (int q = 0; q < 6; ++q) {
+            dm[(6 * p + q) * n + i] = out[q];
+        }
+    }
+}
+
 extern "C" __global__ void winograd_output_adjoint(
         long long n, const real_t* __restrict__ grad, const real_t* __restrict__ y,
         real_t* __restrict__ dm, long long batch, int out_channels, int out_h, int out_w, int m,
         int tiles_h, int tiles_w, int relu) {
     FOR_EACH(i, n) {
-        const Tile t = locate_tile(i, batch, m, tiles_h, tiles_w);
-        const long long plane = (t.image * out_channels + t.channel) * out_h * out_w;
-        real_t r[4][6];  // r[c] = A g[:, c]: column c of the block, combined
-        for (int c = 0; c < m; ++c) {
-            real_t column[4];
-            for (int a = 0; a < m; ++a) {
-                const int h = t.top + a, w = t.left + c;
-                real_t value = (real_t)0;
-                if (h < out_h && w < out_w) {
-                    value = grad[plane + h * out_w + w];
-                    if (relu) value *= (y[plane + h * out_w + w] > (real_t)0) ? (real_t)1 : (real_t)0;
-                }
-                column[a] = value;
-            }
-            a_combine(column, m, r[c]);
-        }
-        for (int p = 0; p < 6; ++p) {  // dm row p = A (row p of r)
-            real_t row[4];
-            for (int c = 0; c < m; ++c) {
-                row[c] = r[c][p];
-            }
-            real_t out[6];
-            a_combine(row, m, out);
-            for (int q = 0; q < 6; ++q) {
-                dm[(6 * p + q) * n + i] = out[q];
-            }
+        if (m == 4) {
+            output_adjoint_tile<4>(i, n, grad, y, dm, batch, out_channels, out_h, out_w, tiles_h,
+                                   tiles_w, relu);
+        } else {
+            output_adjoint_tile<2>(i, n, grad, y, dm, batch, out_channels, out_h, out_w, tiles_h,
+                                   tiles_w, relu);
         }
     }
 }

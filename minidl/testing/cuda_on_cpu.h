@@ -19,6 +19,7 @@ extern "C" void minidl_set_thread(unsigned int block, unsigned int thread,
 
 #define __global__
 #define __device__
+#define __constant__
 #define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
