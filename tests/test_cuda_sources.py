@@ -46,6 +46,18 @@ def test_cuda_source_compiles_under_nvrtc(cu_path, dtype):
 
 
 @needs_nvrtc
+@pytest.mark.parametrize("arch", nvrtc.REAL_ARCHS)
+@pytest.mark.parametrize("cu_path", CU_FILES + [os.path.join(os.path.dirname(OPS_DIR), "optim.cu")],
+                         ids=os.path.basename)
+def test_cuda_source_compiles_to_machine_code_with_cupys_options(cu_path, arch):
+    """What CuPy does on a GPU machine: its own options added (-ftz, device code by default)
+    and machine code for a real architecture (H100/H200, B200, RTX 50), both dtypes."""
+    for dtype in (np.float32, np.float64):
+        cubin = nvrtc.compile_file_as_cupy(cu_path, dtype, arch)
+        assert cubin[:4] == b"\x7fELF", f"{cu_path} for {arch} gave no cubin"
+
+
+@needs_nvrtc
 def test_nvrtc_rejects_what_only_nvcc_accepts():
     source = 'extern "C" __global__ void fill(float* y) { y[threadIdx.x] = INFINITY; }'
     with pytest.raises(nvrtc.NvrtcError, match="INFINITY"):
