@@ -216,10 +216,8 @@ def test_workspace_is_reused():
 
 
 def test_conv2d_layer(kernels):
-    layer = minidl.layers.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+    layer = kernels.module(minidl.layers.Conv2d(4, 6, 3, stride=2, padding=1, groups=2))
     x = np.random.default_rng(0).standard_normal((2, 4, 7, 7)).astype(np.float32)
-    if kernels.name == "cuda":
-        layer.to("cuda")
     y = layer(kernels.tensor(x))
     expected = conv2d_simple(x, layer.weight.numpy(), layer.bias.numpy(), (2, 2), (1, 1), 2)
     np.testing.assert_allclose(kernels.numpy(y), expected, rtol=1e-4, atol=1e-5)

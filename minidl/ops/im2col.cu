@@ -73,3 +73,39 @@ extern "C" __global__ void conv_col2im(
         dx[i] = sum;
     }
 }
+
+// The GEMM's (O, B*P) layout turned into the output's (B, O, P), P = OH*OW, in one pass:
+// y[b, o, p] = product[o, b*P + p] + bias[o] (if has_bias), then max(., 0) if relu (NaN stays
+// NaN, as on the CPU). One thread owns one output element (n = y.size); consecutive threads
+// take consecutive p, so both the read and the write coalesce.
+extern "C" __global__ void conv_to_output(
+        long long n, const real_t* __restrict__ product, const real_t* __restrict__ bias,
+        real_t* __restrict__ y, long long batch, int out_channels, long long pixels, int has_bias,
+        int relu) {
+    FOR_EACH(i, n) {
+        const long long p = i % pixels;
+        const long long o = (i / pixels) % out_channels;
+        const long long b = i / (pixels * out_channels);
+        real_t v = product[o * batch * pixels + b * pixels + p];
+        if (has_bias) v += bias[o];
+        if (relu && v < (real_t)0) v = (real_t)0;
+        y[i] = v;
+    }
+}
+
+// The inverse layout change, for backward: dy[o, b*P + p] = grad[b, o, p], times (y > 0) if
+// the ReLU was fused (a product, as relu's backward, so a non-finite gradient at an inactive
+// unit gives NaN alike). One thread owns one element of dy (n = grad.size), taken in grad's
+// order so the reads coalesce.
+extern "C" __global__ void conv_to_product(
+        long long n, const real_t* __restrict__ grad, const real_t* __restrict__ y,
+        real_t* __restrict__ dy, long long batch, int out_channels, long long pixels, int relu) {
+    FOR_EACH(i, n) {
+        const long long p = i % pixels;
+        const long long o = (i / pixels) % out_channels;
+        const long long b = i / (pixels * out_channels);
+        real_t v = grad[i];
+        if (relu) v *= (y[i] > (real_t)0) ? (real_t)1 : (real_t)0;
+        dy[o * batch * pixels + b * pixels + p] = v;
+    }
+}

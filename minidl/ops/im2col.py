@@ -216,25 +216,16 @@ def _col2im_cuda(cols, dx, geo):
 
 
 def _to_output_cuda(product, bias, relu, y):
-    xp = backend.array_module(y)
-    out_channels, (batch, _, pixels) = product.shape[0], y.shape
-    source = product.reshape(out_channels, batch, pixels).transpose(1, 0, 2)
-    if bias is None:
-        y[...] = source
-    else:
-        xp.add(source, bias.reshape(1, -1, 1), out=y)
-    if relu:
-        xp.maximum(y, 0, out=y)
+    batch, out_channels, pixels = y.shape
+    has_bias = bias is not None
+    _kernels("conv_to_output", y.dtype)(y.size, product, bias if has_bias else y, y, batch,
+                                        out_channels, pixels, has_bias, relu)
 
 
 def _to_product_cuda(grad, y, relu, dy):
-    xp = backend.array_module(grad)
-    out_channels, (batch, _, pixels) = dy.shape[0], grad.shape
-    target = dy.reshape(out_channels, batch, pixels)
-    if relu:
-        xp.multiply(grad.transpose(1, 0, 2), (y > 0).transpose(1, 0, 2), out=target)
-    else:
-        target[...] = grad.transpose(1, 0, 2)
+    batch, out_channels, pixels = grad.shape
+    _kernels("conv_to_product", grad.dtype)(grad.size, grad, grad if y is None else y, dy, batch,
+                                            out_channels, pixels, relu)
 
 
 CPU_STEPS = SimpleNamespace(im2col=_im2col_cpu, col2im=_col2im_cpu, to_output=_to_output_cpu,
