@@ -24,7 +24,8 @@ at a time, in turn, so all see the same machine load, and the table gives median
 min-max. Each framework runs each case in a worker process of its own: in one process, two
 frameworks share a malloc heap, caches and each other's idle threads, an effect no user
 running one of them sees. Peak memory is the worker's after its first two steps (VmHWM on
-the CPU, the memory pool's peak on the GPU).
+the CPU; on the GPU the most bytes CuPy's memory pool had handed out at once, counted by
+a memory hook, against PyTorch's max_memory_allocated).
 
 ``--busy`` starts a burner process that keeps one core busy for the whole run (a machine
 shared with other work); compare its ratios with a quiet run's.
@@ -253,9 +254,31 @@ def peak_memory_bytes(framework, runner, device):
     if device != "cuda":
         return peak_rss_bytes()
     if framework == "minidl":
-        import cupy
-        return cupy.get_default_memory_pool().total_bytes()
+        return runner.pool_peak.peak
     return runner.torch.cuda.max_memory_allocated()
+
+
+def pool_peak_hook():
+    """A CuPy memory hook counting the bytes handed out by the memory pool and not yet given
+    back, and their maximum: the counterpart of PyTorch's max_memory_allocated (the pool's
+    total_bytes() also counts freed blocks it keeps). Hooks are per thread; CuPy allocates on
+    the thread that runs the step."""
+    import cupy
+
+    class PoolPeak(cupy.cuda.MemoryHook):
+        name = "minidl-bench-pool-peak"
+
+        def __init__(self):
+            self.in_use = self.peak = 0
+
+        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+            self.in_use += mem_size
+            self.peak = max(self.peak, self.in_use)
+
+        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+            self.in_use -= mem_size
+
+    return PoolPeak()
 
 
 def peak_rss_bytes():
@@ -275,8 +298,13 @@ def peak_rss_bytes():
 def worker(framework, case, device, tf32, channel):
     """Run one framework on one case, doing what the parent asks, one JSON line per answer."""
     model_name, batch, train = CASES[case]
+    pool_peak = None
+    if device == "cuda" and framework == "minidl":
+        pool_peak = pool_peak_hook()
+        pool_peak.__enter__()  # before the model is built, for the life of the worker
     runner = (MinidlCase(model_name, batch, train, device, tf32) if framework == "minidl"
               else TorchCase(model_name, batch, train, device, tf32))
+    runner.pool_peak = pool_peak
     ready = {"ready": True}
     if device == "cuda":
         ready["tf32"] = tf32_statement(framework, runner)
