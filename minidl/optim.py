@@ -513,7 +513,8 @@ class _ClosedFormSchedule:
         self.epoch = 0
 
     def lr_at(self, epoch):
-        raise NotImplementedError
+        """The rate after ``epoch`` epochs; each schedule defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define lr_at(epoch)")
 
     def step(self, metric=None):
         """End of an epoch; returns True if the learning rate changed."""
